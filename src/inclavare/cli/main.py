@@ -1,0 +1,63 @@
+"""``inclavare``: the operator and developer command line.
+
+Each subcommand lives in its own module under ``inclavare.cli`` and exposes
+``add_parser(subparsers)``; registration imports nothing heavy, the handler imports what it
+needs. Errors of ours print one line (``inclavare: error: ...``) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from inclavare import __version__
+from inclavare.errors import InclavareError
+
+# Subcommand modules, in the order `inclavare --help` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "inclavare.cli.install_cmd",
+    "inclavare.cli.demo_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inclavare",
+        description="Confidential-computing containers: enclaves, attestation, key broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"inclavare {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.handler(args)
+    except InclavareError as exc:
+        print(f"inclavare: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("inclavare: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if os.environ.get("INCLAVARE_DEBUG"):
+            raise
+        print(
+            f"inclavare: internal error: {type(exc).__name__}: {exc} "
+            "(set INCLAVARE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 70
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

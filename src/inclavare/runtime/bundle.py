@@ -1,0 +1,70 @@
+"""OCI bundles: read a bundle's ``config.json`` and write the private copy rune hands to runc.
+
+rune never edits the caller's bundle. When it must change the spec (strip ``ENCLAVE_*``,
+inject what the enclave needs) it writes a private bundle whose ``config.json`` refers to the
+original rootfs and bind-mount sources by absolute path, so runc sees the same filesystem.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from inclavare.atomic_file import write_atomic
+from inclavare.errors import ConfigError
+
+Spec = dict[str, Any]
+
+
+def load_spec(bundle: str) -> Spec:
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"bundle {bundle}: config.json not found") from None
+    except OSError as exc:
+        raise ConfigError(f"bundle {bundle}: cannot read config.json: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"bundle {bundle}: config.json is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"bundle {bundle}: config.json must hold a JSON object")
+    return spec
+
+
+def _is_bind(mount: dict[str, Any]) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def absolutize(spec: Spec, bundle: str) -> Spec:
+    """A copy of ``spec`` whose rootfs and bind sources no longer depend on the bundle dir."""
+    bundle = os.path.abspath(bundle)
+    out = copy.deepcopy(spec)
+    root = out.get("root")
+    if isinstance(root, dict) and isinstance(root.get("path"), str):
+        root["path"] = os.path.normpath(os.path.join(bundle, root["path"]))
+    for mount in out.get("mounts") or []:
+        if isinstance(mount, dict) and _is_bind(mount):
+            src = mount.get("source")
+            if isinstance(src, str) and src and not os.path.isabs(src):
+                mount["source"] = os.path.normpath(os.path.join(bundle, src))
+    return out
+
+
+def rootfs_path(spec: Spec, bundle: str) -> str:
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(path, str) or not path:
+        raise ConfigError("config.json has no root.path")
+    return os.path.normpath(os.path.join(os.path.abspath(bundle), path))
+
+
+def write_bundle(directory: str, spec: Spec) -> str:
+    """Write ``spec`` as ``directory/config.json`` (atomically); returns the directory."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    write_atomic(os.path.join(directory, "config.json"),
+                 json.dumps(spec, indent=1).encode(), mode=0o600)
+    return directory
