@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from inclavare import __version__
 from inclavare.errors import ConfigError, InclavareError
 from inclavare.runtime.bundle import absolutize, load_spec, write_bundle
-from inclavare.runtime.enclave_config import EnclaveRequest, read_enclave_request
+from inclavare.runtime.enclave_config import (
+    EnclaveRequest,
+    read_enclave_request,
+    validate_runtime_path,
+)
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.rune_entry import Invocation, exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
@@ -90,6 +94,7 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
     if request.config is not None:
         from inclavare.runtime.enclave_lifecycle import prepare_enclave
 
+        validate_runtime_path(request.config)
         prepare = prepare_enclave(request, new_spec, record, inv, log)
     else:
         prepare = None

@@ -1,0 +1,75 @@
+"""rune under podman (`podman --runtime rune`), with a private storage root."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inclavare.sample_images import build_busybox_rootfs, rootfs_tar
+
+pytestmark = [pytest.mark.root, pytest.mark.podman]
+
+# No CAP_SYS_RESOURCE here: podman's default rlimits exceed the hard limits (environment.md §3).
+RUN_FLAGS = ["--network", "none", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
+
+
+class Podman:
+    def __init__(self, work: Path, rune: str) -> None:
+        self.work, self.rune = work, rune
+        self.base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "run"),
+                     "--tmpdir", str(work / "tmp"), "--cgroup-manager", "cgroupfs",
+                     "--events-backend", "file", "--runtime", rune]
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                             "INCLAVARE_RUNE_STATE": str(self.work / "rune-state")})
+
+    def cleanup(self) -> None:
+        self("rm", "--all", "--force")
+        subprocess.run(["umount", "-R", str(self.work / "root" / "overlay")], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory, rune_bin: str) -> Iterator[Podman]:
+    if subprocess.run(["which", "podman"], capture_output=True).returncode != 0:
+        pytest.skip("podman is not installed (make setup installs it)")
+    work = tmp_path_factory.mktemp("podman")
+    p = Podman(work, rune_bin)
+    tar = rootfs_tar(build_busybox_rootfs(str(work / "rootfs")), str(work / "rootfs.tar"))
+    r = p("import", "--change", 'CMD ["/bin/sh"]', "--change", "ENV PATH=/bin", tar, "localhost/bb:latest")
+    assert r.returncode == 0, r.stderr
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+def test_podman_run_through_rune(podman: Podman) -> None:
+    r = podman("run", "--rm", *RUN_FLAGS, "localhost/bb:latest", "/bin/sh", "-c", "echo hello-from-podman; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "hello-from-podman\n"
+    info = podman("info", "--format", "{{.Host.OCIRuntime.Path}}")
+    assert info.stdout.strip() == podman.rune
+
+
+def test_podman_detached_exec_stop(podman: Podman) -> None:
+    r = podman("run", "-d", "--name", "svc", *RUN_FLAGS, "localhost/bb:latest", "/bin/sleep", "300")
+    assert r.returncode == 0, r.stderr
+    try:
+        e = podman("exec", "svc", "/bin/sh", "-c", "echo exec-ok; exit 5")
+        assert (e.returncode, e.stdout) == (5, "exec-ok\n")
+        assert podman("stop", "-t", "1", "svc").returncode == 0
+        assert podman("inspect", "--format", "{{.State.Status}}", "svc").stdout.strip() == "exited"
+    finally:
+        podman("rm", "--force", "svc")
+
+
+def test_podman_shows_rune_errors(podman: Podman) -> None:
+    r = podman("run", "--rm", *RUN_FLAGS, "--env", "ENCLAVE_TYPE=bogus", "localhost/bb:latest", "/bin/echo", "ran")
+    assert r.returncode != 0
+    assert "ran" not in r.stdout
+    assert "enclave type bogus is not supported" in r.stderr
