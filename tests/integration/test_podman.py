@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,16 @@ class Podman:
 
     def cleanup(self) -> None:
         self("rm", "--all", "--force")
-        subprocess.run(["umount", "-R", str(self.work / "root" / "overlay")], capture_output=True)
+        # conmon runs `podman container cleanup` after each exit, which re-mounts the storage:
+        # wait for those, then drop podman's private bind mount of the overlay directory.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and subprocess.run(
+                ["pgrep", "-f", str(self.work)], capture_output=True).returncode == 0:
+            time.sleep(0.1)
+        overlay = str(self.work / "root" / "overlay")
+        while subprocess.run(["mountpoint", "-q", overlay]).returncode == 0:
+            if subprocess.run(["umount", overlay], capture_output=True).returncode != 0:
+                break
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,16 @@ sys.exit(main(sys.argv[1:], {runc!r}))
 """
 
 
-def launcher_text(runc: str, python: str = sys.executable) -> str:
+def base_interpreter() -> str:
+    """The interpreter behind a venv: skipping pyvenv.cfg processing saves start-up time, and
+    the launcher puts the venv's site-packages on sys.path itself."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def launcher_text(runc: str, python: str | None = None) -> str:
     import inclavare
 
+    python = python or base_interpreter()
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(inclavare.__file__)))
     paths = sysconfig.get_paths()
     site_dirs = []
@@ -56,7 +63,7 @@ def resolve_runc(runc: str | None) -> str:
 def install_launcher(output: str, runc: str | None = None) -> str:
     text = launcher_text(resolve_runc(runc))
     if len(text.splitlines()[0]) > 250:
-        raise ConfigError(f"interpreter path too long for a #! line: {sys.executable}")
+        raise ConfigError(f"interpreter path too long for a #! line: {base_interpreter()}")
     tmp = output + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

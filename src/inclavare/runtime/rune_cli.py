@@ -22,7 +22,7 @@ from inclavare.runtime.enclave_config import (
     validate_runtime_path,
 )
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc
+from inclavare.runtime.rune_entry import Invocation, exec_runc, valid_id
 from inclavare.runtime.rune_state import ContainerRecord
 
 
@@ -80,8 +80,8 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
     if request.config is None and not request.env_changed:
         exec_runc(runc, inv.argv)
     cid = inv.container_id
-    if not cid:
-        exec_runc(runc, inv.argv)  # runc reports the missing container id
+    if not valid_id(cid):
+        exec_runc(runc, inv.argv)  # runc reports a missing or invalid container id
     _refuse_duplicate(inv, runc, cid)
 
     new_spec = absolutize(spec, inv.bundle)
