@@ -77,6 +77,11 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
     except ConfigError:
         exec_runc(runc, inv.argv)  # runc reports a broken bundle in its own words
     request = read_enclave_request(spec)
+    if request.config is not None:
+        from inclavare.runtime.enclave_lifecycle import is_sandbox
+
+        if is_sandbox(spec):  # a pod's pause container: the workload containers get the enclaves
+            request = EnclaveRequest(None, request.env, request.removed)
     if request.config is None and not request.env_changed:
         exec_runc(runc, inv.argv)
     cid = inv.container_id
@@ -95,7 +100,7 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
         from inclavare.runtime.enclave_lifecycle import prepare_enclave
 
         validate_runtime_path(request.config)
-        prepare = prepare_enclave(request, new_spec, record, inv, log)
+        prepare = prepare_enclave(request, new_spec, record, inv, log, runc)
     else:
         prepare = None
     write_bundle(record.private_bundle, new_spec)

@@ -43,14 +43,18 @@ COMMAND_VALUE_FLAGS: dict[str, frozenset[str]] = {
         "image-path", "work-path", "parent-path", "status-fd", "page-server",
         "manage-cgroups-mode", "empty-ns",
     }),
+    "attest": frozenset({"runtime-data", "quote-type", "spid", "subscription-key", "key", "reportFile"}),
     "restore": frozenset({
         "console-socket", "image-path", "work-path", "manage-cgroups-mode", "bundle", "b",
         "pid-file", "empty-ns", "lsm-profile", "lsm-mount-context",
     }),
 }
 
-# Commands that name an existing container and may need rune's enclave handling.
-ENCLAVE_AWARE_COMMANDS = frozenset({"start", "exec", "kill", "delete", "state"})
+# Commands that name an existing container and need rune when it is an enclave container.
+# `start` and `kill` never do: runc acts on the enclave runtime's own process. `exec` does only
+# for runtimes that run the payload through the runelet (marker file RUNELET_MARKER).
+ENCLAVE_AWARE_COMMANDS = frozenset({"exec", "delete", "state"})
+RUNELET_MARKER = "runelet"
 # Commands only rune has.
 RUNE_ONLY_COMMANDS = frozenset({"attest"})
 
@@ -193,7 +197,10 @@ def needs_rune(inv: Invocation) -> bool:
         return may_configure_enclave(inv.bundle)
     if cmd in ENCLAVE_AWARE_COMMANDS:
         cid = inv.container_id
-        return valid_id(cid) and exists(state_path(inv.root, cid))
+        if not valid_id(cid):
+            return False
+        path = state_path(inv.root, cid)
+        return exists(path + "/" + RUNELET_MARKER if cmd == "exec" else path)
     if cmd in RUNE_ONLY_COMMANDS:
         return True
     return "version" in inv.globals or "v" in inv.globals

@@ -1,0 +1,28 @@
+"""``inclavare agent serve``: the node agent (enclave registry, evidence, secrets for workloads)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("agent", help="the node agent", description="The node agent daemon.")
+    agent_sub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
+    agent_sub.required = True
+    s = agent_sub.add_parser("serve", help="run the node agent in the foreground",
+                             description="Serve rune's control socket and the workload socket that "
+                                         "enclave containers see at /run/inclavare/agent.sock.")
+    s.add_argument("--state-dir", default="/var/lib/inclavare",
+                   help="persistent state: simulated TEE keys, built clients (default: %(default)s)")
+    s.add_argument("--socket", default=None,
+                   help="control socket; the workload directory sits next to it "
+                        "(default: $INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")
+    s.add_argument("--kbs-url", default=None, help="key broker for /aa/token and /cdh/resource (e.g. http://127.0.0.1:8080)")
+    s.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from inclavare.services.agent.paths import default_control_socket
+    from inclavare.services.agent.server import serve
+
+    return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url)

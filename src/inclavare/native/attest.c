@@ -1,0 +1,228 @@
+/*
+ * attest: the in-container client of the Inclavare node agent.
+ *
+ * Statically linked so that it runs in any image, even one holding only busybox. It speaks
+ * HTTP/1.1 over the agent's workload socket, mounted read-only at /run/inclavare/agent.sock,
+ * using CoCo's attestation-agent / confidential-data-hub REST paths. The agent decides who the
+ * caller is from kernel facts (the socket peer's pid namespace), never from anything sent here.
+ *
+ *   attest evidence [--runtime-data STRING]   print the evidence JSON ({"quote": "<base64>"})
+ *   attest token                              print a key broker attestation token
+ *   attest resource kbs:///REPO/TYPE/TAG      print the secret stored at that path
+ *
+ * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
+ * usage errors.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define DEFAULT_SOCKET "/run/inclavare/agent.sock"
+#define MAX_RESPONSE (64 * 1024 * 1024)
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: attest evidence [--runtime-data STRING]\n"
+		"       attest token\n"
+		"       attest resource kbs:///REPO/TYPE/TAG\n");
+	exit(2);
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Percent-encode everything but RFC 3986 unreserved characters. */
+static char *url_encode(const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(s);
+	char *out = malloc(3 * n + 1), *p = out;
+	if (!out)
+		return NULL;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '_' || c == '.' || c == '~') {
+			*p++ = (char)c;
+		} else {
+			*p++ = '%';
+			*p++ = hex[c >> 4];
+			*p++ = hex[c & 15];
+		}
+	}
+	*p = '\0';
+	return out;
+}
+
+/* A path segment of a resource URI: letters, digits, '-', '_', '.'; not empty. */
+static int valid_segment(const char *s, size_t len)
+{
+	if (len == 0)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+static int request(const char *path)
+{
+	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (!sock_path || !*sock_path)
+		sock_path = DEFAULT_SOCKET;
+	if (strlen(sock_path) >= sizeof(addr.sun_path)) {
+		fprintf(stderr, "attest: socket path too long: %s\n", sock_path);
+		return 1;
+	}
+	strcpy(addr.sun_path, sock_path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		fprintf(stderr, "attest: cannot reach the node agent at %s: %s\n", sock_path, strerror(errno));
+		return 1;
+	}
+	size_t hlen = strlen(path) + 128;
+	char *head = malloc(hlen);
+	if (!head)
+		return 1;
+	snprintf(head, hlen, "GET %s HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n\r\n", path);
+	if (write_all(fd, head, strlen(head)) < 0) {
+		fprintf(stderr, "attest: write to the agent failed: %s\n", strerror(errno));
+		return 1;
+	}
+	free(head);
+
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+	for (;;) {
+		if (!buf) {
+			fprintf(stderr, "attest: out of memory\n");
+			return 1;
+		}
+		if (len == cap) {
+			if (cap >= MAX_RESPONSE) {
+				fprintf(stderr, "attest: response too large\n");
+				return 1;
+			}
+			cap *= 2;
+			buf = realloc(buf, cap);
+			continue;
+		}
+		ssize_t n = read(fd, buf + len, cap - len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "attest: read from the agent failed: %s\n", strerror(errno));
+			return 1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+
+	int status = 0;
+	char *body = NULL;
+	for (size_t i = 0; i + 3 < len; i++) {
+		if (memcmp(buf + i, "\r\n\r\n", 4) == 0) {
+			body = buf + i + 4;
+			break;
+		}
+	}
+	if (!body || len < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || sscanf(buf + 9, "%3d", &status) != 1) {
+		fprintf(stderr, "attest: malformed response from the agent\n");
+		return 1;
+	}
+	size_t body_len = len - (size_t)(body - buf);
+	if (status != 200) {
+		fprintf(stderr, "attest: the agent refused (%d): ", status);
+		fwrite(body, 1, body_len, stderr);
+		fputc('\n', stderr);
+		return 1;
+	}
+	if (write_all(1, body, body_len) < 0)
+		return 1;
+	if (body_len > 0 && body[body_len - 1] != '\n' && isatty(1))
+		write_all(1, "\n", 1);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		usage();
+	if (strcmp(argv[1], "evidence") == 0) {
+		const char *data = "";
+		for (int i = 2; i < argc; i++) {
+			if (strcmp(argv[i], "--runtime-data") == 0 && i + 1 < argc)
+				data = argv[++i];
+			else if (strncmp(argv[i], "--runtime-data=", 15) == 0)
+				data = argv[i] + 15;
+			else
+				usage();
+		}
+		char *enc = url_encode(data);
+		char *path = malloc(strlen(enc) + 64);
+		if (!enc || !path)
+			return 1;
+		sprintf(path, "/aa/evidence?runtime_data=%s", enc);
+		return request(path);
+	}
+	if (strcmp(argv[1], "token") == 0 && argc == 2)
+		return request("/aa/token?token_type=kbs");
+	if (strcmp(argv[1], "resource") == 0 && argc == 3) {
+		const char *uri = argv[2];
+		if (strncmp(uri, "kbs://", 6) != 0) {
+			fprintf(stderr, "attest: resource URI must look like kbs:///REPO/TYPE/TAG\n");
+			return 2;
+		}
+		const char *p = strchr(uri + 6, '/'); /* skip the (ignored) host part */
+		if (!p) {
+			fprintf(stderr, "attest: resource URI must look like kbs:///REPO/TYPE/TAG\n");
+			return 2;
+		}
+		p++;
+		const char *segs[3];
+		size_t lens[3];
+		const char *q = p;
+		for (int k = 0; k < 3; k++) {
+			const char *slash = strchr(q, '/');
+			size_t n = slash ? (size_t)(slash - q) : strlen(q);
+			if ((k < 2 && !slash) || (k == 2 && slash) || !valid_segment(q, n)) {
+				fprintf(stderr, "attest: resource URI must look like kbs:///REPO/TYPE/TAG "
+						"(letters, digits, '-', '_', '.')\n");
+				return 2;
+			}
+			segs[k] = q;
+			lens[k] = n;
+			q = slash ? slash + 1 : q + n;
+		}
+		char path[4096];
+		if (snprintf(path, sizeof(path), "/cdh/resource/%.*s/%.*s/%.*s", (int)lens[0], segs[0],
+			     (int)lens[1], segs[1], (int)lens[2], segs[2]) >= (int)sizeof(path))
+			return 2;
+		return request(path);
+	}
+	usage();
+	return 2;
+}

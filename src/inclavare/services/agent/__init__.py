@@ -1,0 +1,1 @@
+"""The node agent: enclave container registry, workload identification, evidence and secrets."""

@@ -1,0 +1,135 @@
+"""The enclave pool (epm): prepared enclave state cached by content, so warm starts skip work.
+
+Upstream's epm kept initialised SGX enclaves and Occlum bundle caches keyed by digests. For the
+simulated TEE the expensive preparation is measuring the root filesystem; the pool keeps, per
+*scan signature* (the ordered list of trusted paths with their stat identity), the resulting
+files digest and each file's content digest.
+
+Stat identity = (inode, size, mtime ns, ctime ns). ``ctime`` cannot be set from user space, so any
+write to a file changes it; a file that changes while it is being hashed is detected and not
+cached. A signature hit therefore means no trusted byte changed; a miss re-hashes (reusing the
+content digests of files whose identity is already known from any other entry of the pool).
+Entries are written atomically; a damaged entry is ignored and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inclavare.atomic_file import write_atomic
+from inclavare.errors import ConfigError
+from inclavare.tee.measurement import FileEntry, files_digest, fingerprint_key
+
+DEFAULT_EPM_DIR = "/var/lib/inclavare/epm"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    key: str
+    rootfs: str
+    files: int
+    bytes: int
+    files_digest: str
+    created: float
+    last_used: float
+
+
+def signature(entries: Sequence[FileEntry]) -> str:
+    h = hashlib.sha256(b"epm-signature-v1\0")
+    for e in entries:
+        h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{fingerprint_key(e)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+class EnclavePool:
+    def __init__(self, directory: str = DEFAULT_EPM_DIR) -> None:
+        self.directory = directory
+        self.entries_dir = os.path.join(directory, "entries")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.entries_dir, key + ".json")
+
+    def _load(self, key: str) -> dict | None:  # type: ignore[type-arg]
+        try:
+            with open(self._path(key), "rb") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
+            return None
+        return doc
+
+    def files_digest(self, rootfs: str, entries: Sequence[FileEntry]) -> tuple[str, bool]:
+        """The files digest of ``entries``; (digest, True) when served from the pool."""
+        key = signature(entries)
+        doc = self._load(key)
+        if doc is not None and isinstance(doc.get("files_digest"), str):
+            try:
+                os.utime(self._path(key))  # last use, for `epm ls` and eviction
+            except OSError:
+                pass
+            return doc["files_digest"], True
+        digest, digests, _ = files_digest(rootfs, entries, self._known_digests())
+        now = time.time()
+        record = {
+            "format": FORMAT, "key": key, "rootfs": rootfs, "files": len(entries),
+            "bytes": sum(e.size for e in entries if e.kind == "f"), "files_digest": digest,
+            "created": now, "digests": digests,
+        }
+        try:
+            write_atomic(self._path(key), json.dumps(record).encode(), mode=0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the enclave pool at {self.directory}: {exc.strerror}") from None
+        return digest, False
+
+    def _known_digests(self, limit: int = 8) -> dict[str, str]:
+        """Content digests from the most recently used entries (shared layers hash once)."""
+        known: dict[str, str] = {}
+        for entry in self.list()[:limit]:
+            doc = self._load(entry.key)
+            if doc and isinstance(doc.get("digests"), dict):
+                known.update(doc["digests"])
+        return known
+
+    def list(self) -> list[PoolEntry]:
+        out: list[PoolEntry] = []
+        try:
+            names = os.listdir(self.entries_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            doc = self._load(name[:-5])
+            if doc is None:
+                continue
+            try:
+                used = os.stat(self._path(name[:-5])).st_mtime
+            except OSError:
+                continue
+            out.append(PoolEntry(doc["key"], str(doc.get("rootfs", "")), int(doc.get("files", 0)),
+                                 int(doc.get("bytes", 0)), str(doc.get("files_digest", "")),
+                                 float(doc.get("created", 0)), used))
+        out.sort(key=lambda e: e.last_used, reverse=True)
+        return out
+
+    def remove(self, prefix: str) -> list[str]:
+        """Remove entries whose key starts with ``prefix`` (at least 4 characters)."""
+        if len(prefix) < 4:
+            raise ConfigError("give at least 4 characters of the entry key (or --all)")
+        removed = [e.key for e in self.list() if e.key.startswith(prefix)]
+        for key in removed:
+            os.unlink(self._path(key))
+        return removed
+
+    def clear(self) -> list[str]:
+        removed = [e.key for e in self.list()]
+        for key in removed:
+            os.unlink(self._path(key))
+        return removed

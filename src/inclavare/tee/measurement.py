@@ -1,0 +1,227 @@
+"""The measurement of an enclave container (the MRENCLAVE of the simulated TEE).
+
+    measurement = SHA-256( "inclavare-measurement-v1\\0"
+                           || canonical JSON of {enclave configuration, entrypoint}
+                           || files digest )
+    files digest = SHA-256 over one line per trusted file, in path order:
+        regular file: path \\0 "f" \\0 mode \\0 size \\0 sha256(content) \\n
+        symlink:      path \\0 "l" \\0 target \\n
+
+The trusted files are those the enclave runtime declares: the whole root filesystem for the
+simulated runtime unless it is given ``trusted=PATH[:PATH...]``. The entrypoint (the command, its
+working directory, the user, and the resolved program path) is measured too; the environment is
+not (engines inject deployment-specific variables; SGX's MRENCLAVE does not cover it either).
+Bind mounts from the host (volumes) are data, not code, and are not measured; neither is
+anything under a mount destination of the spec (the container never sees it), nor directories
+(their existence carries no code; runc creates mount points in the rootfs, which must not change
+the next container's identity). Change one byte of a trusted file, its mode, a symlink target,
+the command or the enclave configuration and the measurement changes.
+
+Hashing a large root filesystem is the cold-start cost; :class:`inclavare.tee.epm.EnclavePool`
+caches file digests by stat identity so an unchanged image is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from inclavare.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inclavare.tee.epm import EnclavePool
+
+DOMAIN = b"inclavare-measurement-v1\x00"
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the rootfs, "/"-separated, no leading slash
+    kind: str  # "f" (regular file) or "l" (symlink)
+    mode: int
+    size: int
+    fingerprint: tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of the lstat
+
+    def line(self, digest_or_target: str) -> bytes:
+        if self.kind == "f":
+            return f"{self.path}\0f\0{self.mode:o}\0{self.size}\0{digest_or_target}\n".encode(
+                "utf-8", "surrogateescape")
+        return f"{self.path}\0l\0{digest_or_target}\n".encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    measurement: bytes  # 32 bytes
+    files_digest: str
+    files: int
+    bytes: int
+    cached: bool  # True when no file content had to be read
+
+    @property
+    def hex(self) -> str:
+        return self.measurement.hex()
+
+
+def _rel(path: str) -> str:
+    return os.path.normpath("/" + path).lstrip("/")
+
+
+def scan(rootfs: str, trusted: Sequence[str] = ("/",), excluded: Sequence[str] = ()) -> list[FileEntry]:
+    """lstat every trusted file under ``rootfs`` (symlinks are never followed), skipping
+    ``excluded`` paths and everything below them (mount destinations)."""
+    if not os.path.isdir(rootfs):
+        raise ConfigError(f"root filesystem {rootfs} is not a directory")
+    skip = {_rel(p) for p in excluded} - {""}
+    entries: dict[str, FileEntry] = {}
+    for top in trusted:
+        rel_top = _rel(top)
+        start = os.path.join(rootfs, rel_top) if rel_top else rootfs
+        try:
+            st = os.lstat(start)
+        except FileNotFoundError:
+            raise ConfigError(f"trusted path {top} does not exist in the root filesystem") from None
+        if rel_top in skip:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            for rel, st in _walk(start, rel_top, skip):
+                _add(entries, rel, st)
+        else:
+            _add(entries, rel_top, st)
+    return [entries[k] for k in sorted(entries)]
+
+
+def _walk(path: str, rel: str, skip: set[str]) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        it = os.scandir(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with it:
+        children = sorted(it, key=lambda e: e.name)
+    for entry in children:
+        child_rel = f"{rel}/{entry.name}" if rel else entry.name
+        if child_rel in skip:
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(entry.path, child_rel, skip)
+        else:
+            yield child_rel, st
+
+
+def _add(entries: dict[str, FileEntry], rel: str, st: os.stat_result) -> None:
+    fp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if stat.S_ISREG(st.st_mode):
+        entries[rel] = FileEntry(rel, "f", stat.S_IMODE(st.st_mode), st.st_size, fp)
+    elif stat.S_ISLNK(st.st_mode):
+        entries[rel] = FileEntry(rel, "l", 0, st.st_size, fp)
+    # device nodes, fifos and sockets in an image carry no code; they are not measured
+
+
+def hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_digest(rootfs: str, entries: Sequence[FileEntry],
+                 known: dict[str, str] | None = None) -> tuple[str, dict[str, str], bool]:
+    """Digest of the trusted files; ``known`` maps a fingerprint key to a content digest.
+
+    Returns (digest, content digests by fingerprint key, whether nothing had to be read).
+    """
+    known = known or {}
+    fresh: dict[str, str] = {}
+    h = hashlib.sha256()
+    all_cached = True
+    for e in entries:
+        if e.kind == "f":
+            key = fingerprint_key(e)
+            digest = known.get(key)
+            if digest is None:
+                all_cached = False
+                digest = hash_file(os.path.join(rootfs, e.path))
+                after = os.lstat(os.path.join(rootfs, e.path))
+                if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != e.fingerprint:
+                    raise ConfigError(f"{e.path} changed while it was being measured; retry")
+            fresh[key] = digest
+            h.update(e.line(digest))
+        else:
+            h.update(e.line(os.readlink(os.path.join(rootfs, e.path))))
+    return h.hexdigest(), fresh, all_cached
+
+
+def fingerprint_key(e: FileEntry) -> str:
+    return "%d:%d:%d:%d" % e.fingerprint
+
+
+def resolve_entrypoint(rootfs: str, args: Sequence[str], env: Sequence[str], cwd: str) -> str:
+    """The program the container will run, resolved like ``exec.LookPath`` inside the rootfs."""
+    if not args:
+        raise ConfigError("config.json has no process.args")
+    prog = args[0]
+    if "/" in prog:
+        return os.path.normpath(os.path.join(cwd or "/", prog))
+    path_var = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    for d in path_var.split(":"):
+        candidate = os.path.normpath(os.path.join("/", d or ".", prog))
+        full = os.path.join(rootfs, candidate.lstrip("/"))
+        if os.path.lexists(full):
+            return candidate
+    return prog  # not in the image (e.g. provided by the LibOS); measured by name
+
+
+def header(enclave: dict[str, str], process: dict[str, Any], entrypoint: str) -> bytes:
+    user = process.get("user") or {}
+    doc = {
+        "enclave": {k: enclave.get(k, "") for k in ("type", "path", "args", "loglevel")},
+        "entrypoint": {
+            "path": entrypoint,
+            "args": list(process.get("args") or []),
+            "cwd": process.get("cwd") or "/",
+            "uid": user.get("uid", 0),
+            "gid": user.get("gid", 0),
+        },
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def mount_destinations(spec: dict[str, Any]) -> list[str]:
+    return [m["destination"] for m in spec.get("mounts") or []
+            if isinstance(m, dict) and isinstance(m.get("destination"), str)]
+
+
+def measure(rootfs: str, process: dict[str, Any], enclave: dict[str, str],
+            trusted: Sequence[str] = ("/",), excluded: Sequence[str] = (),
+            pool: "EnclavePool | None" = None) -> Measurement:
+    """Measure an enclave container; ``pool`` (the epm) avoids re-reading unchanged files."""
+    entries = scan(rootfs, trusted, excluded)
+    entrypoint = resolve_entrypoint(rootfs, process.get("args") or [], process.get("env") or [],
+                                    process.get("cwd") or "/")
+    if pool is not None:
+        fdigest, cached = pool.files_digest(rootfs, entries)
+    else:
+        fdigest, _, cached = files_digest(rootfs, entries)
+    h = hashlib.sha256(DOMAIN)
+    h.update(header(enclave, process, entrypoint))
+    h.update(b"\0" + fdigest.encode())
+    total = sum(e.size for e in entries if e.kind == "f")
+    return Measurement(h.digest(), fdigest, len(entries), total, cached)
+
+
+def parse_trusted_arg(runtime_args: str) -> list[str]:
+    """``trusted=/app:/bin/busybox`` in the runtime args limits the measured paths."""
+    for token in runtime_args.split():
+        if token.startswith("trusted="):
+            paths = [p for p in token[len("trusted="):].split(":") if p]
+            if not paths:
+                raise ConfigError("trusted= needs at least one path")
+            return paths
+    return ["/"]

@@ -1,0 +1,128 @@
+"""The sim enclave measurement: stable for the same content, changed by any trusted byte."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inclavare.errors import ConfigError
+from inclavare.sample_images import build_busybox_rootfs
+from inclavare.tee.epm import EnclavePool
+from inclavare.tee.measurement import measure, parse_trusted_arg, scan
+
+PROCESS = {"args": ["/bin/sh", "-c", "echo hi"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+ENCLAVE = {"type": "sim", "path": "", "args": "", "loglevel": "info"}
+
+
+@pytest.fixture(scope="module")
+def base_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = build_busybox_rootfs(str(tmp_path_factory.mktemp("m") / "rootfs"))
+    os.makedirs(os.path.join(root, "app"))
+    Path(root, "app", "data.bin").write_bytes(os.urandom(4096))
+    return root
+
+
+@pytest.fixture
+def rootfs(base_rootfs: str, tmp_path: Path) -> str:
+    copy = str(tmp_path / "rootfs")
+    shutil.copytree(base_rootfs, copy, symlinks=True)
+    return copy
+
+
+def m(rootfs: str, process: dict = PROCESS, enclave: dict = ENCLAVE, **kw: object) -> str:  # type: ignore[type-arg]
+    return measure(rootfs, process, enclave, **kw).hex  # type: ignore[arg-type]
+
+
+def test_same_content_same_measurement(base_rootfs: str, rootfs: str) -> None:
+    assert m(base_rootfs) == m(rootfs)  # a copy (other inodes, times) has the same identity
+
+
+@pytest.mark.parametrize("change", [
+    "flip a byte of a trusted file", "append a byte", "chmod", "retarget a symlink", "add a file",
+    "remove a file", "rename a file",
+])
+def test_any_change_changes_the_measurement(rootfs: str, change: str) -> None:
+    before = m(rootfs)
+    data = Path(rootfs, "app", "data.bin")
+    if change == "flip a byte of a trusted file":
+        raw = bytearray(data.read_bytes()); raw[100] ^= 1; data.write_bytes(bytes(raw))
+    elif change == "append a byte":
+        data.write_bytes(data.read_bytes() + b"\0")
+    elif change == "chmod":
+        data.chmod(0o700)
+    elif change == "retarget a symlink":
+        os.unlink(os.path.join(rootfs, "bin", "ls")); os.symlink("busybox2", os.path.join(rootfs, "bin", "ls"))
+    elif change == "add a file":
+        Path(rootfs, "etc", "new").write_text("x")
+    elif change == "remove a file":
+        os.unlink(os.path.join(rootfs, "etc", "group"))
+    elif change == "rename a file":
+        os.rename(data, Path(rootfs, "app", "data2.bin"))
+    assert m(rootfs) != before
+
+
+def test_command_and_configuration_are_measured_env_is_not(rootfs: str) -> None:
+    base = m(rootfs)
+    assert m(rootfs, process={**PROCESS, "args": ["/bin/sh", "-c", "echo other"]}) != base
+    assert m(rootfs, process={**PROCESS, "cwd": "/tmp"}) != base
+    assert m(rootfs, process={**PROCESS, "user": {"uid": 1, "gid": 0}}) != base
+    assert m(rootfs, enclave={**ENCLAVE, "args": "debug"}) != base
+    assert m(rootfs, process={**PROCESS, "env": ["PATH=/bin", "HOSTNAME=x"]}) == base
+
+
+def test_mount_destinations_and_empty_dirs_do_not_count(rootfs: str) -> None:
+    """runc creates mount points in the rootfs; that must not change the next container's identity."""
+    base = m(rootfs, excluded=["/run/inclavare", "/etc/hosts"])
+    os.makedirs(os.path.join(rootfs, "run", "inclavare", "bin"))
+    Path(rootfs, "run", "inclavare", "bin", "attest").write_text("shadowed by the mount")
+    Path(rootfs, "etc", "hosts").write_text("shadowed")
+    os.makedirs(os.path.join(rootfs, "empty", "dir"))
+    assert m(rootfs, excluded=["/run/inclavare", "/etc/hosts"]) == base
+
+
+def test_trusted_paths_limit_what_is_measured(rootfs: str) -> None:
+    trusted = parse_trusted_arg("debug trusted=/app:/bin/busybox")
+    assert trusted == ["/app", "/bin/busybox"]
+    base = m(rootfs, trusted=trusted)
+    Path(rootfs, "etc", "passwd").write_text("changed, untrusted\n")
+    assert m(rootfs, trusted=trusted) == base
+    Path(rootfs, "app", "data.bin").write_bytes(b"changed")
+    assert m(rootfs, trusted=trusted) != base
+    with pytest.raises(ConfigError, match="does not exist"):
+        m(rootfs, trusted=["/nope"])
+
+
+def test_pool_hit_skips_reading_and_any_change_invalidates(rootfs: str, tmp_path: Path) -> None:
+    pool = EnclavePool(str(tmp_path / "epm"))
+    cold = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    warm = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert not cold.cached and warm.cached
+    assert cold.measurement == warm.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement
+    data = Path(rootfs, "app", "data.bin")
+    raw = bytearray(data.read_bytes()); raw[0] ^= 0xFF; data.write_bytes(bytes(raw))
+    changed = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert not changed.cached and changed.measurement != cold.measurement
+    assert changed.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement
+    assert len(pool.list()) == 2
+    assert pool.remove(pool.list()[0].key[:8])
+    assert len(pool.clear()) == 1 and pool.list() == []
+
+
+def test_damaged_pool_entry_is_recomputed(rootfs: str, tmp_path: Path) -> None:
+    pool = EnclavePool(str(tmp_path / "epm"))
+    good = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    for f in (tmp_path / "epm" / "entries").iterdir():
+        f.write_text('{"format": 1, "key": "garbage"')
+    again = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert again.measurement == good.measurement and not again.cached
+
+
+def test_scan_does_not_follow_symlinks(rootfs: str, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("host file")
+    os.symlink(str(secret), os.path.join(rootfs, "app", "escape"))
+    entry = [e for e in scan(rootfs) if e.path == "app/escape"][0]
+    assert entry.kind == "l"
