@@ -32,7 +32,7 @@ def _pool(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _ls(args: argparse.Namespace) -> int:
     entries = _pool(args).list()
     if args.json:
-        print(json.dumps([e.__dict__ for e in entries]))
+        print(json.dumps([e.as_dict() for e in entries]))
         return 0
     print(f"{'KEY':<14} {'FILES':>6} {'BYTES':>12} {'LAST USED':<20} ROOTFS")
     for e in entries:

@@ -7,22 +7,24 @@ original rootfs and bind-mount sources by absolute path, so runc sees the same f
 
 from __future__ import annotations
 
-import copy
-import json
 import os
-from typing import Any
 
+from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError
 
-Spec = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Spec: TypeAlias = dict[str, Any]  # a parsed config.json
 
 
 def load_spec(bundle: str) -> Spec:
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            spec = json.load(f)
+            spec = fastjson.loads(f.read())
     except FileNotFoundError:
         raise ConfigError(f"bundle {bundle}: config.json not found") from None
     except OSError as exc:
@@ -34,6 +36,15 @@ def load_spec(bundle: str) -> Spec:
     return spec
 
 
+def _copy(value: Any) -> Any:
+    """Deep copy of parsed JSON (dicts, lists, scalars)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 def _is_bind(mount: dict[str, Any]) -> bool:
     options = mount.get("options") or []
     return mount.get("type") == "bind" or "bind" in options or "rbind" in options
@@ -42,7 +53,7 @@ def _is_bind(mount: dict[str, Any]) -> bool:
 def absolutize(spec: Spec, bundle: str) -> Spec:
     """A copy of ``spec`` whose rootfs and bind sources no longer depend on the bundle dir."""
     bundle = os.path.abspath(bundle)
-    out = copy.deepcopy(spec)
+    out = _copy(spec)
     root = out.get("root")
     if isinstance(root, dict) and isinstance(root.get("path"), str):
         root["path"] = os.path.normpath(os.path.join(bundle, root["path"]))
@@ -63,8 +74,11 @@ def rootfs_path(spec: Spec, bundle: str) -> str:
 
 
 def write_bundle(directory: str, spec: Spec) -> str:
-    """Write ``spec`` as ``directory/config.json`` (atomically); returns the directory."""
+    """Write ``spec`` as ``directory/config.json`` (atomically); returns the directory.
+
+    The private bundle lives under /run and dies with its container, so no fsync.
+    """
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    write_atomic(os.path.join(directory, "config.json"),
-                 json.dumps(spec, indent=1).encode(), mode=0o600)
+    write_atomic(os.path.join(directory, "config.json"), fastjson.dumps(spec).encode(),
+                 mode=0o600, durable=False)
     return directory

@@ -27,15 +27,19 @@ Upstream quirks kept on purpose (tests pin each one):
 Stricter than upstream (a container that asked for an enclave must never run outside one, and
 a typo must not silently change behaviour): an unknown enclave type or attestation type is an
 error rather than being ignored.
+
+This module is on rune's create path, so its values are plain immutable classes rather than
+dataclasses (importing ``dataclasses`` costs more than the whole decision).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-
 from inclavare.errors import EnclaveConfigError
+from inclavare.immutable import Immutable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 TYPE_SIM = "sim"
 TYPE_INTEL_SGX = "intelSgx"
@@ -62,17 +66,24 @@ SOURCES = {
 }
 
 
-@dataclass(frozen=True)
-class EnclaveConfig:
+class EnclaveConfig(Immutable):
     """The validated enclave configuration of one container."""
 
+    __slots__ = ("type", "runtime_path", "runtime_args", "log_level", "ra_type", "ra_epid_spid",
+                 "ra_epid_subscription_key")
     type: str
-    runtime_path: str = ""
-    runtime_args: str = ""
-    log_level: str = DEFAULT_LOG_LEVEL
-    ra_type: str = ""
-    ra_epid_spid: str = ""
-    ra_epid_subscription_key: str = ""
+    runtime_path: str
+    runtime_args: str
+    log_level: str
+    ra_type: str
+    ra_epid_spid: str
+    ra_epid_subscription_key: str
+
+    def __init__(self, type: str, runtime_path: str = "", runtime_args: str = "",  # noqa: A002
+                 log_level: str = DEFAULT_LOG_LEVEL, ra_type: str = "", ra_epid_spid: str = "",
+                 ra_epid_subscription_key: str = "") -> None:
+        self._set(type=type, runtime_path=runtime_path, runtime_args=runtime_args, log_level=log_level,
+                  ra_type=ra_type, ra_epid_spid=ra_epid_spid, ra_epid_subscription_key=ra_epid_subscription_key)
 
     def as_dict(self) -> dict[str, str]:
         """Upstream's ``InitEnclaveConfig`` JSON field names (what a runelet is handed)."""
@@ -87,14 +98,17 @@ class EnclaveConfig:
         }
 
 
-@dataclass(frozen=True)
-class EnclaveRequest:
+class EnclaveRequest(Immutable):
     """What a container's spec asks for: the configuration (None: plain runc) and the
     process environment with the consumed ``ENCLAVE_*`` variables removed."""
 
+    __slots__ = ("config", "env", "removed")
     config: EnclaveConfig | None
     env: tuple[str, ...]
-    removed: tuple[str, ...] = field(default=())
+    removed: tuple[str, ...]
+
+    def __init__(self, config: EnclaveConfig | None, env: tuple[str, ...], removed: tuple[str, ...] = ()) -> None:
+        self._set(config=config, env=env, removed=removed)
 
     @property
     def env_changed(self) -> bool:
@@ -119,13 +133,13 @@ def read_enclave_request(spec: Mapping[str, object]) -> EnclaveRequest:
     for checks that need the host (see :func:`validate_runtime_path`).
     """
     process = spec.get("process")
-    raw_env = process.get("env") if isinstance(process, Mapping) else None
+    raw_env = process.get("env") if isinstance(process, dict) else None
     if raw_env is None:
         raw_env = []
     if not isinstance(raw_env, list) or not all(isinstance(e, str) for e in raw_env):
         raise EnclaveConfigError("process.env in config.json must be a list of strings")
     annotations = spec.get("annotations") or {}
-    if not isinstance(annotations, Mapping):
+    if not isinstance(annotations, dict):
         raise EnclaveConfigError("annotations in config.json must be an object")
 
     env = list(raw_env)
@@ -200,10 +214,13 @@ def is_plugin_name(runtime_path: str) -> bool:
 
 def validate_runtime_path(
     config: EnclaveConfig,
-    exists: Callable[[str], bool] = os.path.isfile,
+    exists: Callable[[str], bool] | None = None,
     plugin_names: Sequence[str] = (),
 ) -> None:
     """Host-dependent checks: a runtime file must exist; a plugin name must be registered."""
+    import os.path
+
+    exists = exists or os.path.isfile
     path = config.runtime_path
     if not path:
         return

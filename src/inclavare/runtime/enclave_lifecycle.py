@@ -16,13 +16,11 @@ socket and the ``attest`` client, read-only; SGX device nodes and the aesmd sock
 
 from __future__ import annotations
 
-import json
 import os
 import stat as stat_mod
-from typing import Any
 
 from inclavare.errors import ConfigError, InclavareError, NotSupportedError
-from inclavare.runtime.bundle import Spec, rootfs_path
+from inclavare.runtime.bundle import rootfs_path
 from inclavare.runtime.enclave_config import TYPE_INTEL_SGX, TYPE_SIM, EnclaveConfig, EnclaveRequest
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.rune_entry import Invocation, exec_runc
@@ -34,6 +32,12 @@ EPM_DIR_ENV = "INCLAVARE_EPM_DIR"
 MEASUREMENT_ANNOTATION = "io.inclavare.enclave.measurement"
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from inclavare.runtime.bundle import Spec
+
 SGX_DEVICES = ("/dev/sgx_enclave", "/dev/sgx_provision", "/dev/sgx/enclave", "/dev/sgx/provision",
                "/dev/isgx", "/dev/gsgx")
 AESMD_DIR = "/var/run/aesmd"
@@ -42,10 +46,11 @@ AESMD_DIR = "/var/run/aesmd"
 class PreparedEnclave:
     """What ``prepare_enclave`` registered; released when the container is gone."""
 
-    def __init__(self, socket_path: str, root: str, container_id: str) -> None:
+    def __init__(self, socket_path: str, root: str, container_id: str, runelet: bool = False) -> None:
         self.socket_path = socket_path
         self.root = root
         self.container_id = container_id
+        self.runelet = runelet  # exec must be rewritten to reach the enclave through the runelet
 
     def release(self, record: ContainerRecord) -> None:
         deregister(self.socket_path, self.root, self.container_id)
@@ -154,7 +159,7 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     agent_client.call(socket_path, "POST", "/v1/containers", {
         "id": record.id, "root": os.path.abspath(record.root), "runc": runc or "/usr/sbin/runc",
         "bundle": record.bundle, "measurement": result.hex, "enclave": config.as_dict(),
-        "runtime": runtime,
+        "runtime": runtime, "cleanup": record.directory,
     })
     record.enclave = config.as_dict()
     record.runtime = runtime
@@ -169,7 +174,8 @@ def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: Con
     if inv.command == "delete":
         rc = rune_cli.delete(inv, runc, record)
         if not os.path.exists(record.directory):  # the container is gone
-            deregister(record.extra.get("agent_socket") or agent_socket(), os.path.abspath(record.root), record.id)
+            socket_path = str(record.extra.get("agent_socket") or agent_socket())
+            deregister(socket_path, os.path.abspath(record.root), record.id)
         return rc
     if inv.command == "state":
         return rune_cli.state(inv, runc, record)
@@ -185,12 +191,13 @@ def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
     if record is None or record.enclave is None:
         raise InclavareError(f"container {cid} is not an enclave container")
     data = inv.flags.get("runtime-data", "")
-    socket_path = record.extra.get("agent_socket") or agent_socket()
+    socket_path = str(record.extra.get("agent_socket") or agent_socket())
     evidence = agent_client.call(socket_path, "POST",
-                                 agent_client.container_path(os.path.abspath(record.root), cid).replace(
-                                     "?", "/evidence?", 1),
+                                 agent_client.container_path(os.path.abspath(record.root), cid, "/evidence"),
                                  {"runtime_data": data})
-    print(json.dumps(evidence))
+    from inclavare import fastjson
+
+    print(fastjson.dumps(evidence))
     return 0
 
 

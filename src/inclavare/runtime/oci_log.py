@@ -7,11 +7,15 @@ error text; podman/conmon read stderr. runc 1.1 writes each error both to the lo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import NoReturn
+
+from inclavare import fastjson
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -22,8 +26,8 @@ def _timestamp() -> str:
 
 def format_line(level: str, msg: str, log_format: str) -> str:
     if log_format == "json":
-        return json.dumps({"level": level, "msg": msg, "time": _timestamp()}) + "\n"
-    return f'time="{_timestamp()}" level={level} msg={json.dumps(msg)}\n'
+        return fastjson.dumps({"level": level, "msg": msg, "time": _timestamp()}) + "\n"
+    return f'time="{_timestamp()}" level={level} msg={fastjson.dumps(msg)}\n'
 
 
 class RuneLog:

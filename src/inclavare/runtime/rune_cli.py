@@ -3,27 +3,27 @@
 Reached only when :mod:`inclavare.runtime.rune_entry` decided runc cannot take the call as is.
 Errors are reported the way runc reports them (``--log`` file in its format, plain stderr,
 exit status 1), so containerd's shim and podman show rune's reason to the user.
+
+Creating an enclave container is still a start-up path, so this module and what it imports on
+that path avoid heavy standard modules (``subprocess``, ``json``, ``dataclasses``, ``typing``,
+``socket``): tests/runtime/test_lean_imports.py keeps it that way.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import Sequence
+import posix
 
-from inclavare import __version__
 from inclavare.errors import ConfigError, InclavareError
 from inclavare.runtime.bundle import absolutize, load_spec, write_bundle
-from inclavare.runtime.enclave_config import (
-    EnclaveRequest,
-    read_enclave_request,
-    validate_runtime_path,
-)
+from inclavare.runtime.enclave_config import EnclaveRequest, read_enclave_request, validate_runtime_path
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc, valid_id
+from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS, Invocation, exec_runc, valid_id
 from inclavare.runtime.rune_state import ContainerRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def run_slow_path(inv: Invocation, runc: str) -> int:
@@ -64,11 +64,14 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
 
 
 def _version(runc: str) -> int:
-    print(f"rune version {__version__} (inclavare)", flush=True)
-    try:
-        return subprocess.call([runc, "--version"])
-    except OSError as exc:
-        raise ConfigError(f"cannot execute runc at {runc}: {exc.strerror}") from None
+    print(f"rune version {_package_version()} (inclavare)", flush=True)
+    return wait_child(spawn(runc, ["--version"]))
+
+
+def _package_version() -> str:
+    from inclavare import __version__
+
+    return __version__
 
 
 def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
@@ -93,34 +96,47 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
     process = new_spec.get("process")
     if isinstance(process, dict):
         process["env"] = list(request.env)
-    record = ContainerRecord(
-        id=cid, root=inv.root, bundle=os.path.abspath(inv.bundle), private_bundle="")
+    record = ContainerRecord(id=cid, root=inv.root, bundle=os.path.abspath(inv.bundle), private_bundle="")
     record.private_bundle = os.path.join(record.directory, "bundle")
-    if request.config is not None:
-        from inclavare.runtime.enclave_lifecycle import prepare_enclave
 
-        validate_runtime_path(request.config)
-        prepare = prepare_enclave(request, new_spec, record, inv, log, runc)
-    else:
-        prepare = None
-    write_bundle(record.private_bundle, new_spec)
+    if request.config is None:
+        return _run_with_stripped_env(inv, runc, new_spec, record)
+
+    from inclavare.runtime.enclave_lifecycle import prepare_enclave
+
+    validate_runtime_path(request.config)
+    prepared = prepare_enclave(request, new_spec, record, inv, log, runc)
+    try:
+        write_bundle(record.private_bundle, new_spec)
+        record.save(runelet=prepared.runelet)
+    except BaseException:
+        prepared.release(record)
+        record.remove()
+        raise
+    # runc takes over this process, as for plain containers: same stdio, signals and exit
+    # status. Should it fail or the container end, the agent forgets the registration and
+    # removes the record once runc no longer knows the container.
+    exec_runc(runc, with_bundle(inv, record.private_bundle))
+    return 1  # not reached
+
+
+def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: ContainerRecord) -> int:  # type: ignore[type-arg]
+    """Upstream consumes ``ENCLAVE_TYPE=`` even when it selects no enclave: run a copy without it."""
+    write_bundle(record.private_bundle, spec)
     record.save()
-    argv = with_bundle(inv, record.private_bundle)
     gone = True
     try:
-        rc = call_runc(runc, argv)
+        rc = wait_child(spawn(runc, with_bundle(inv, record.private_bundle)), forward_signals=True)
         foreground_run = inv.command == "run" and not _flag(inv, "detach", "d")
         if foreground_run and not _flag(inv, "keep"):
             gone = True  # runc deleted the container when it exited
         elif rc == 0 and not foreground_run:
             gone = False
         else:
-            gone = not _runc_knows(inv, runc, cid)
+            gone = not runc_knows(inv, runc, record.id)
         return rc
     finally:
         if gone:
-            if prepare is not None:
-                prepare.release(record)
             record.remove()
 
 
@@ -132,9 +148,7 @@ def _refuse_duplicate(inv: Invocation, runc: str, cid: str) -> None:
     old = ContainerRecord.load(inv.root, cid)
     if old is None:
         return
-    probe = subprocess.run([runc, "--root", inv.root, "state", cid],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if probe.returncode == 0:
+    if runc_knows(inv, runc, cid):
         raise InclavareError(f"container with id exists: {cid}")
     old.remove()  # stale: runc no longer knows the container
 
@@ -143,6 +157,7 @@ def with_bundle(inv: Invocation, bundle: str) -> list[str]:
     """The invocation's argv with its bundle replaced (``--bundle`` placed right after the command)."""
     argv = inv.argv
     head = argv[: inv.command_index + 1]
+    value_flags = COMMAND_VALUE_FLAGS.get(inv.command, frozenset())
     out: list[str] = []
     i = inv.command_index + 1
     n = len(argv)
@@ -156,80 +171,79 @@ def with_bundle(inv: Invocation, bundle: str) -> list[str]:
             i += 1 if eq else 2
             continue
         out.append(arg)
-        if not eq and name in _value_flags(inv.command) and i + 1 < n:
+        if not eq and name in value_flags and i + 1 < n:
             out.append(argv[i + 1])
             i += 1
         i += 1
     return [*head, "--bundle", bundle, *out]
 
 
-def _value_flags(command: str) -> frozenset[str]:
-    from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS
+# -- children -------------------------------------------------------------------------------
 
-    return COMMAND_VALUE_FLAGS.get(command, frozenset())
-
-
-_FORWARDED = [s for s in signal.valid_signals()
-              if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
-
-
-def call_runc(runc: str, argv: Sequence[str]) -> int:
-    """Run runc as a child with our stdio, forwarding every signal we receive to it."""
+def spawn(runc: str, argv: Sequence[str], quiet: bool = False) -> int:
+    """Start runc with our stdio (or /dev/null for ``quiet``); returns its pid."""
+    actions = []
+    if quiet:
+        actions = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]
     try:
-        proc = subprocess.Popen([runc, *argv], close_fds=False)
+        return posix.posix_spawn(runc, [runc, *argv], posix.environ, file_actions=actions)
     except OSError as exc:
         raise ConfigError(f"cannot execute runc at {runc}: {exc.strerror}") from None
+
+
+def wait_child(pid: int, forward_signals: bool = False) -> int:
+    """Wait for a child; with ``forward_signals`` every signal we receive is passed on to it.
+
+    Returns the exit status the way a shell reports it (128+N for death by signal N)."""
     previous = {}
-    for sig in _FORWARDED:
-        try:
-            previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
-        except (OSError, ValueError):
-            pass
-    try:
-        while True:
-            try:
-                return proc.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+    if forward_signals:
+        import _signal
+
+        for sig in _signal.valid_signals():
+            if sig in (_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCHLD):
                 continue
-    finally:
-        for sig, handler in previous.items():
             try:
-                signal.signal(sig, handler)
+                previous[sig] = _signal.signal(sig, lambda s, _f: posix.kill(pid, s))
             except (OSError, ValueError):
                 pass
+    try:
+        _, status = posix.waitpid(pid, 0)
+    finally:
+        if previous:
+            import _signal
+
+            for sig, handler in previous.items():
+                try:
+                    _signal.signal(sig, handler)
+                except (OSError, ValueError):
+                    pass
+    code = posix.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def runc_knows(inv: Invocation, runc: str, cid: str) -> bool:
+    return wait_child(spawn(runc, ["--root", inv.root, "state", cid], quiet=True)) == 0
 
 
 def delete(inv: Invocation, runc: str, record: ContainerRecord) -> int:
-    rc = call_runc(runc, inv.argv)
-    if rc == 0 or not _runc_knows(inv, runc, record.id):
+    rc = wait_child(spawn(runc, inv.argv), forward_signals=True)
+    if rc == 0 or not runc_knows(inv, runc, record.id):
         record.remove()
     return rc
 
 
-def _runc_knows(inv: Invocation, runc: str, cid: str) -> bool:
-    probe = subprocess.run([runc, "--root", inv.root, "state", cid],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return probe.returncode == 0
-
-
 def state(inv: Invocation, runc: str, record: ContainerRecord) -> int:
     """runc's state, with the caller's bundle path instead of rune's private one."""
+    import json
+    import subprocess
+    import sys
+
     proc = subprocess.run([runc, *inv.argv], stdout=subprocess.PIPE)
     out = proc.stdout
     if proc.returncode == 0:
-        import json
-
         private = json.dumps(record.private_bundle).encode()
         original = json.dumps(record.bundle).encode()
         out = out.replace(b'"bundle": ' + private, b'"bundle": ' + original)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return proc.returncode
-
-
-def describe_request(request: EnclaveRequest) -> str:
-    """One line for debug logs."""
-    if request.config is None:
-        return "no enclave"
-    c = request.config
-    return f"enclave type={c.type} runtime={c.runtime_path or '(default)'} args={c.runtime_args!r}"

@@ -1,56 +1,66 @@
 """What rune remembers about the containers it changed: one directory per container.
 
 Layout: ``<state base><runc root>/<id>/record.json`` plus ``bundle/`` (the private bundle).
-The directory's existence is the fast path's test for "rune must handle this container".
+The directory's existence is the fast path's test for "rune must handle this container"; a
+``runelet`` marker file inside says ``exec`` must be rewritten too.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
+from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
-from inclavare.runtime.rune_entry import state_path
+from inclavare.runtime.rune_entry import RUNELET_MARKER, state_path
+
+FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measurement", "created", "extra")
 
 
-@dataclass
 class ContainerRecord:
-    id: str
-    root: str
-    bundle: str  # the caller's bundle
-    private_bundle: str  # what runc was given
-    enclave: dict[str, str] | None = None  # EnclaveConfig.as_dict(), None for plain containers
-    runtime: str = ""  # resolved enclave runtime ("sim", a plugin name, or a PAL path)
-    measurement: str = ""  # hex
-    created: float = field(default_factory=time.time)
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Mutable while rune prepares the container, then saved once."""
+
+    __slots__ = FIELDS
+
+    def __init__(self, id: str, root: str, bundle: str, private_bundle: str,  # noqa: A002
+                 enclave: dict[str, str] | None = None, runtime: str = "", measurement: str = "",
+                 created: float | None = None, extra: dict[str, object] | None = None) -> None:
+        self.id = id
+        self.root = root
+        self.bundle = bundle  # the caller's bundle
+        self.private_bundle = private_bundle  # what runc was given
+        self.enclave = enclave  # EnclaveConfig.as_dict(); None for plain containers
+        self.runtime = runtime  # resolved enclave runtime ("sim", a plugin name, a PAL path)
+        self.measurement = measurement  # hex
+        self.created = time.time() if created is None else created
+        self.extra = extra or {}
 
     @property
     def directory(self) -> str:
         return state_path(self.root, self.id)
 
-    def save(self) -> None:
-        write_atomic(os.path.join(self.directory, "record.json"),
-                     json.dumps(asdict(self), indent=1).encode())
+    def save(self, runelet: bool = False) -> None:
+        doc = {k: getattr(self, k) for k in FIELDS}
+        write_atomic(os.path.join(self.directory, "record.json"), fastjson.dumps(doc).encode(), durable=False)
+        if runelet:
+            write_atomic(os.path.join(self.directory, RUNELET_MARKER), b"", durable=False)
 
     @classmethod
     def load(cls, root: str, container_id: str) -> "ContainerRecord | None":
         path = os.path.join(state_path(root, container_id), "record.json")
         try:
             with open(path, "rb") as f:
-                data = json.load(f)
+                data = fastjson.loads(f.read())
         except (OSError, ValueError):
             return None
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**fields)
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**{k: data[k] for k in FIELDS if k in data})
+        except TypeError:
+            return None
 
     def remove(self) -> None:
+        import shutil
+
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def record_directory(root: str, container_id: str) -> str:
-    return state_path(root, container_id)

@@ -14,23 +14,29 @@ Entries are written atomically; a damaged entry is ignored and recomputed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from _sha256 import sha256 as small_sha256
 
+from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError
-from inclavare.tee.measurement import FileEntry, files_digest, fingerprint_key
+from inclavare.immutable import Immutable
+from inclavare.tee.measurement import files_digest, fingerprint_key
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from inclavare.tee.measurement import FileEntry
 
 DEFAULT_EPM_DIR = "/var/lib/inclavare/epm"
 FORMAT = 1
 
 
-@dataclass(frozen=True)
-class PoolEntry:
+class PoolEntry(Immutable):
+    __slots__ = ("key", "rootfs", "files", "bytes", "files_digest", "created", "last_used")
     key: str
     rootfs: str
     files: int
@@ -39,9 +45,17 @@ class PoolEntry:
     created: float
     last_used: float
 
+    def __init__(self, key: str, rootfs: str, files: int, bytes: int, files_digest: str,  # noqa: A002
+                 created: float, last_used: float) -> None:
+        self._set(key=key, rootfs=rootfs, files=files, bytes=bytes, files_digest=files_digest,
+                  created=created, last_used=last_used)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
 
 def signature(entries: Sequence[FileEntry]) -> str:
-    h = hashlib.sha256(b"epm-signature-v1\0")
+    h = small_sha256(b"epm-signature-v1\0")
     for e in entries:
         h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{fingerprint_key(e)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
@@ -55,10 +69,10 @@ class EnclavePool:
     def _path(self, key: str) -> str:
         return os.path.join(self.entries_dir, key + ".json")
 
-    def _load(self, key: str) -> dict | None:  # type: ignore[type-arg]
+    def _load(self, key: str) -> dict[str, Any] | None:
         try:
             with open(self._path(key), "rb") as f:
-                doc = json.load(f)
+                doc = fastjson.loads(f.read())
         except (OSError, ValueError):
             return None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
@@ -83,7 +97,7 @@ class EnclavePool:
             "created": now, "digests": digests,
         }
         try:
-            write_atomic(self._path(key), json.dumps(record).encode(), mode=0o600)
+            write_atomic(self._path(key), fastjson.dumps(record).encode(), mode=0o600, durable=False)
         except OSError as exc:
             raise ConfigError(f"cannot write the enclave pool at {self.directory}: {exc.strerror}") from None
         return digest, False

@@ -23,30 +23,35 @@ caches file digests by stat identity so an unchanged image is not read again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from _sha256 import sha256 as small_sha256  # no OpenSSL start-up: this runs on rune's create path
 
+from inclavare import fastjson
 from inclavare.errors import ConfigError
+from inclavare.immutable import Immutable
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any
+
     from inclavare.tee.epm import EnclavePool
 
 DOMAIN = b"inclavare-measurement-v1\x00"
 READ_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(Immutable):
+    __slots__ = ("path", "kind", "mode", "size", "fingerprint")
     path: str  # relative to the rootfs, "/"-separated, no leading slash
     kind: str  # "f" (regular file) or "l" (symlink)
     mode: int
     size: int
     fingerprint: tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of the lstat
+
+    def __init__(self, path: str, kind: str, mode: int, size: int, fingerprint: tuple[int, int, int, int]) -> None:
+        self._set(path=path, kind=kind, mode=mode, size=size, fingerprint=fingerprint)
 
     def line(self, digest_or_target: str) -> bytes:
         if self.kind == "f":
@@ -55,13 +60,16 @@ class FileEntry:
         return f"{self.path}\0l\0{digest_or_target}\n".encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True)
-class Measurement:
+class Measurement(Immutable):
+    __slots__ = ("measurement", "files_digest", "files", "bytes", "cached")
     measurement: bytes  # 32 bytes
     files_digest: str
     files: int
     bytes: int
     cached: bool  # True when no file content had to be read
+
+    def __init__(self, measurement: bytes, files_digest: str, files: int, bytes: int, cached: bool) -> None:  # noqa: A002
+        self._set(measurement=measurement, files_digest=files_digest, files=files, bytes=bytes, cached=cached)
 
     @property
     def hex(self) -> str:
@@ -124,6 +132,8 @@ def _add(entries: dict[str, FileEntry], rel: str, st: os.stat_result) -> None:
 
 
 def hash_file(path: str) -> str:
+    import hashlib  # OpenSSL's SHA-256 (SHA-NI): ~5x the built-in's speed, worth its import here
+
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(READ_CHUNK):
@@ -139,7 +149,7 @@ def files_digest(rootfs: str, entries: Sequence[FileEntry],
     """
     known = known or {}
     fresh: dict[str, str] = {}
-    h = hashlib.sha256()
+    h = small_sha256()
     all_cached = True
     for e in entries:
         if e.kind == "f":
@@ -190,7 +200,16 @@ def header(enclave: dict[str, str], process: dict[str, Any], entrypoint: str) ->
             "gid": user.get("gid", 0),
         },
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return _canonical(doc).encode()
+
+
+def _canonical(value: Any) -> str:
+    """Compact JSON with sorted keys (fastjson's encoder does not sort)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{fastjson.dumps(k)}:{_canonical(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return fastjson.dumps(value)
 
 
 def mount_destinations(spec: dict[str, Any]) -> list[str]:
@@ -209,7 +228,7 @@ def measure(rootfs: str, process: dict[str, Any], enclave: dict[str, str],
         fdigest, cached = pool.files_digest(rootfs, entries)
     else:
         fdigest, _, cached = files_digest(rootfs, entries)
-    h = hashlib.sha256(DOMAIN)
+    h = small_sha256(DOMAIN)
     h.update(header(enclave, process, entrypoint))
     h.update(b"\0" + fdigest.encode())
     total = sum(e.size for e in entries if e.kind == "f")

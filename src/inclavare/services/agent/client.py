@@ -1,17 +1,20 @@
 """A small, dependency-free client of the agent's HTTP-over-unix-socket APIs.
 
-rune calls it on container create/delete, so it imports only ``socket`` and ``json`` and speaks
-just enough HTTP/1.1 (one request per connection, ``Connection: close``).
+rune calls it on container create/delete, so it uses only the C modules underneath ``socket``
+and ``json`` (their Python layers cost more to import than the request takes) and speaks just
+enough HTTP/1.1 (one request per connection, ``Connection: close``).
 """
 
 from __future__ import annotations
 
-import json
-import socket
-from typing import Any
-from urllib.parse import quote
+import _socket
 
+from inclavare import fastjson
 from inclavare.errors import AgentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_RESPONSE = 16 << 20
 
@@ -23,13 +26,13 @@ class AgentResponse:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return fastjson.loads(self.body)
         except ValueError:
             raise AgentError(f"agent sent a malformed response (status {self.status})") from None
 
     def error_text(self) -> str:
         try:
-            doc = json.loads(self.body)
+            doc = fastjson.loads(self.body)
             if isinstance(doc, dict) and "detail" in doc:
                 return str(doc["detail"])
         except ValueError:
@@ -38,10 +41,10 @@ class AgentResponse:
 
 
 def request(socket_path: str, method: str, path: str, body: Any = None, timeout: float = 30) -> AgentResponse:
-    payload = b"" if body is None else json.dumps(body).encode()
+    payload = b"" if body is None else fastjson.dumps(body).encode()
     head = (f"{method} {path} HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
         try:
@@ -60,7 +63,7 @@ def request(socket_path: str, method: str, path: str, body: Any = None, timeout:
             size += len(chunk)
             if size > MAX_RESPONSE:
                 raise AgentError("agent response too large")
-    except socket.timeout:
+    except TimeoutError:
         raise AgentError(f"node agent at {socket_path} did not answer within {timeout:g} s") from None
     finally:
         s.close()
@@ -83,5 +86,13 @@ def call(socket_path: str, method: str, path: str, body: Any = None, timeout: fl
     return resp.json() if resp.body else None
 
 
-def container_path(root: str, container_id: str) -> str:
-    return f"/v1/containers/{quote(container_id, safe='')}?root={quote(root, safe='')}"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def quote(text: str) -> str:
+    """Percent-encode everything but RFC 3986 unreserved characters (urllib.parse.quote, safe='')."""
+    return "".join(c if c in _UNRESERVED else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def container_path(root: str, container_id: str, suffix: str = "") -> str:
+    return f"/v1/containers/{quote(container_id)}{suffix}?root={quote(root)}"

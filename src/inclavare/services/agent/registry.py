@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -32,6 +33,7 @@ class Registration:
     measurement: str  # hex
     enclave: dict[str, str]
     runtime: str
+    cleanup: str = ""  # rune's per-container state directory, removed with the registration
     registered_at: float = field(default_factory=time.time)
     init_pid: int = 0
     init_start: int = 0
@@ -72,9 +74,18 @@ def registration_from(doc: Any) -> Registration:
         raise ConfigError("measurement must be 32 bytes of hex") from None
     if not os.path.isabs(doc["root"]) or not os.path.isabs(doc["runc"]):
         raise ConfigError("root and runc must be absolute paths")
+    cleanup = doc.get("cleanup", "")
+    if not isinstance(cleanup, str) or (cleanup and not os.path.isabs(cleanup)):
+        raise ConfigError("cleanup must be an absolute path")
     return Registration(id=doc["id"], root=os.path.abspath(doc["root"]), runc=doc["runc"],
                         bundle=doc["bundle"], measurement=doc["measurement"].lower(),
-                        enclave=dict(doc["enclave"]), runtime=doc["runtime"])
+                        enclave=dict(doc["enclave"]), runtime=doc["runtime"], cleanup=cleanup)
+
+
+def _remove_rune_state(path: str) -> None:
+    """rune's per-container directory (record + private bundle), only if it looks like one."""
+    if path and os.path.isfile(os.path.join(path, "record.json")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Registry:
@@ -107,7 +118,8 @@ class Registry:
                 self._by_ns[reg.pid_ns] = reg.key
 
     def _save(self, reg: Registration) -> None:
-        write_atomic(self._path(reg.key), json.dumps(reg.public()).encode())
+        # /run dies with the host and its containers: atomic against a killed agent is enough
+        write_atomic(self._path(reg.key), json.dumps(reg.public()).encode(), durable=False)
 
     def register(self, reg: Registration) -> Registration:
         with self._lock:
@@ -130,6 +142,7 @@ class Registry:
                 os.unlink(self._path(key))
             except FileNotFoundError:
                 pass
+            _remove_rune_state(reg.cleanup)
             return True
 
     def get(self, root: str, container_id: str) -> Registration | None:
