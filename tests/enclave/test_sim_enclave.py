@@ -1,0 +1,176 @@
+"""Containers in simulated enclaves, run by rune with real runc and a real node agent.
+
+The simulated TEE protects nothing; these tests show it exercises the real paths: the workload
+gets a quote in the real SGX format from inside a busybox-only image, the verifier that checks
+Intel's quotes accepts it under the simulated root, and identity comes from kernel facts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BundleFactory
+from tests.enclave.conftest import Rune, measure, verify_sim_evidence
+from tests.support.agent import AgentProcess
+
+pytestmark = pytest.mark.root
+
+SIM = {"enclave.type": "sim"}
+ATTEST = "/run/inclavare/bin/attest"
+
+
+def evidence_of(rune: Rune, cid: str, data: str) -> str:
+    r = rune("exec", cid, ATTEST, "evidence", "--runtime-data", data)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def wait_running(rune: Rune, cid: str) -> None:
+    for _ in range(200):
+        if json.loads(rune("state", cid).stdout or "{}").get("status") == "running":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{cid} is not running")
+
+
+def test_busybox_container_fetches_and_verifies_its_own_evidence(
+        rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory, enclave_env: dict[str, str]) -> None:
+    bundle = bundle_factory([ATTEST, "evidence", "--runtime-data", "nonce-1234"], annotations=SIM)
+    expected = measure(bundle, enclave_env)
+    r = rune("run", "--bundle", bundle, "ev1")
+    assert r.returncode == 0, r.stderr
+    verified = verify_sim_evidence(agent, r.stdout)
+    assert verified.claims.mr_enclave.hex() == expected
+    assert verified.claims.report_data == b"nonce-1234".ljust(64, b"\0")
+
+
+def test_two_containers_have_distinct_identities(
+        rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory, enclave_env: dict[str, str]) -> None:
+    bundles = {cid: bundle_factory(["/bin/sleep", str(300 + i)], annotations=SIM) for i, cid in enumerate(("a1", "a2"))}
+    for cid, bundle in bundles.items():
+        rune.create(bundle, cid)
+        assert rune("start", cid).returncode == 0
+        wait_running(rune, cid)
+    try:
+        seen = {}
+        for cid, bundle in bundles.items():
+            claims = verify_sim_evidence(agent, evidence_of(rune, cid, cid)).claims
+            assert claims.mr_enclave.hex() == measure(bundle, enclave_env)
+            assert claims.report_data.rstrip(b"\0") == cid.encode()
+            seen[cid] = claims.mr_enclave
+        assert seen["a1"] != seen["a2"]
+    finally:
+        for cid in bundles:
+            rune("delete", "--force", cid)
+
+
+def test_modified_rootfs_changes_the_measurement(
+        rune: Rune, agent: AgentProcess, busybox_rootfs: str, tmp_path: Path, bundle_factory: BundleFactory,
+        enclave_env: dict[str, str]) -> None:
+    args = [ATTEST, "evidence"]
+    original = bundle_factory(args, annotations=SIM)
+    copy = str(tmp_path / "modified-rootfs")
+    shutil.copytree(busybox_rootfs, copy, symlinks=True)
+    Path(copy, "etc", "motd").write_text("one changed file\n")
+    modified = bundle_factory(args, annotations=SIM, rootfs=copy)
+    assert measure(original, enclave_env) != measure(modified, enclave_env)
+    r = rune("run", "--bundle", modified, "mod1")
+    assert r.returncode == 0, r.stderr
+    assert verify_sim_evidence(agent, r.stdout).claims.mr_enclave.hex() == measure(modified, enclave_env)
+
+
+def test_processes_outside_enclave_containers_get_nothing(
+        rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory) -> None:
+    # a host process
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.path.join(agent.workload_dir, "agent.sock"))
+    s.sendall(b"GET /aa/evidence?runtime_data=x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    reply = b""
+    while chunk := s.recv(4096):
+        reply += chunk
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 403") and b"not in an enclave container" in reply
+    # a plain container that got hold of the socket (mounted by hand) is no enclave either
+    plain = bundle_factory([ATTEST, "evidence"])
+    spec = json.loads(Path(plain, "config.json").read_text())
+    spec["mounts"].append({"destination": "/run/inclavare", "type": "bind", "source": agent.workload_dir,
+                           "options": ["bind", "ro"]})
+    Path(plain, "config.json").write_text(json.dumps(spec))
+    r = rune("run", "--bundle", plain, "plain1")
+    assert r.returncode == 1
+    assert "refused (403)" in r.stderr and r.stdout == ""
+
+
+def test_runtime_data_longer_than_64_bytes_is_an_error(rune: Rune, bundle_factory: BundleFactory) -> None:
+    bundle = bundle_factory([ATTEST, "evidence", "--runtime-data", "x" * 65], annotations=SIM)
+    r = rune("run", "--bundle", bundle, "long1")
+    assert r.returncode == 1
+    assert "longer than 64 bytes" in r.stderr
+
+
+def test_rune_attest_and_delete_deregisters(
+        rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory, enclave_env: dict[str, str]) -> None:
+    bundle = bundle_factory(["/bin/sleep", "300"], annotations=SIM)
+    rune.create(bundle, "att1")
+    r = rune("attest", "--runtime-data", "from-rune-attest", "att1")
+    assert r.returncode == 0, r.stderr
+    claims = verify_sim_evidence(agent, r.stdout).claims
+    assert claims.mr_enclave.hex() == measure(bundle, enclave_env)
+    assert claims.report_data.rstrip(b"\0") == b"from-rune-attest"
+    assert "att1" in {c["id"] for c in agent.containers()}
+    assert rune("delete", "--force", "att1").returncode == 0
+    assert "att1" not in {c["id"] for c in agent.containers()}
+    r = rune("attest", "att1")
+    assert r.returncode == 1 and "not an enclave container" in r.stderr
+
+
+def test_agent_kill9_and_restart_keeps_identities(
+        rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory) -> None:
+    bundle = bundle_factory(["/bin/sleep", "300"], annotations=SIM)
+    rune.create(bundle, "k9")
+    assert rune("start", "k9").returncode == 0
+    wait_running(rune, "k9")
+    try:
+        before = verify_sim_evidence(agent, evidence_of(rune, "k9", "before")).claims.mr_enclave
+        agent.kill9()
+        agent.start()
+        after = verify_sim_evidence(agent, evidence_of(rune, "k9", "after")).claims.mr_enclave
+        assert after == before
+    finally:
+        rune("delete", "--force", "k9")
+
+
+def test_exit_codes_signals_and_exec_keep_container_semantics(rune: Rune, bundle_factory: BundleFactory) -> None:
+    r = rune("run", "--bundle", bundle_factory(["/bin/sh", "-c", "echo in-enclave; exit 3"], annotations=SIM), "x3")
+    assert (r.returncode, r.stdout) == (3, "in-enclave\n")
+    bundle = bundle_factory(["/bin/sh", "-c", "trap 'exit 42' TERM; sleep 300 & wait"], annotations=SIM)
+    rune.create(bundle, "sig1")
+    assert rune("start", "sig1").returncode == 0
+    wait_running(rune, "sig1")
+    e = rune("exec", "sig1", "/bin/sh", "-c", "echo exec-ok; exit 5")
+    assert (e.returncode, e.stdout) == (5, "exec-ok\n")
+    assert rune("kill", "sig1", "TERM").returncode == 0
+    for _ in range(200):
+        if json.loads(rune("state", "sig1").stdout)["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    st = json.loads(rune("state", "sig1").stdout)
+    assert st["status"] == "stopped"
+    assert st["bundle"] == bundle  # the caller's bundle, not rune's private copy
+    assert rune("delete", "sig1").returncode == 0
+
+
+def test_enclave_needs_its_own_pid_namespace(rune: Rune, bundle_factory: BundleFactory) -> None:
+    bundle = bundle_factory(["/bin/true"], annotations=SIM)
+    spec = json.loads(Path(bundle, "config.json").read_text())
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
+    Path(bundle, "config.json").write_text(json.dumps(spec))
+    r = rune("run", "--bundle", bundle, "nopid")
+    assert r.returncode == 1 and "own pid namespace" in r.stderr
