@@ -42,10 +42,17 @@ class Skeletons:
     def get(self, version: int, *defines: str) -> str:
         key = (version, defines)
         if key not in self._built:
-            suffix = "".join(f"-{d.lower()}" for d in defines)
+            suffix = "".join(f"-{d.lower().replace('=', '')}" for d in defines)
             self._built[key] = _compile(self.directory, f"liberpal-skeleton-v{version}{suffix}.so",
                                         version, *defines)
         return self._built[key]
+
+    def fresh(self, directory: Path, version: int, *defines: str) -> str:
+        """A private copy: the loader shares one instance (and its globals) per path."""
+        source = self.get(version, *defines)
+        target = directory / f"{uuid.uuid4().hex[:8]}-{os.path.basename(source)}"
+        shutil.copyfile(source, target)
+        return str(target)
 
 
 def read_until(stream: Any, needle: bytes, timeout: float = 10.0) -> bytes:

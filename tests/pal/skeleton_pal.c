@@ -4,6 +4,7 @@
  *
  * Build: cc -shared -fPIC -DSKELETON_PAL_VERSION=1|2|3 -o liberpal-skeleton-vN.so skeleton_pal.c
  *   -DSKELETON_PAL_VERSION=4          pal_get_version() returns 4 (v3 ABI otherwise)
+ *   -DSKELETON_REPORTED_VERSION=N     pal_get_version() returns N (ABI still that of the version)
  *   -DSKELETON_OMIT_KILL / _CREATE_PROCESS / _GET_LOCAL_REPORT   leave that symbol out
  * Version 1 does not export pal_get_version.
  *
@@ -34,6 +35,9 @@
 #error "define SKELETON_PAL_VERSION (1, 2 or 3)"
 #endif
 #define ABI (SKELETON_PAL_VERSION > 3 ? 3 : SKELETON_PAL_VERSION)
+#ifndef SKELETON_REPORTED_VERSION
+#define SKELETON_REPORTED_VERSION SKELETON_PAL_VERSION
+#endif
 
 extern char **environ;
 
@@ -133,7 +137,7 @@ static void put_json_string(struct buf *b, const char *s)
 	put(b, "\"", 1);
 }
 
-static void put_json_strings(struct buf *b, char *const *v)
+__attribute__((unused)) static void put_json_strings(struct buf *b, char *const *v)
 {
 	if (!v) {
 		put(b, "null", 4);
@@ -148,7 +152,7 @@ static void put_json_strings(struct buf *b, char *const *v)
 	put(b, "]", 1);
 }
 
-static void put_stdio(struct buf *b, const struct pal_stdio_fds *s)
+__attribute__((unused)) static void put_stdio(struct buf *b, const struct pal_stdio_fds *s)
 {
 	if (!s)
 		put(b, "null", 4);
@@ -284,7 +288,7 @@ fail:;
 }
 
 /* Fork and exec; returns the pid or -errno (execve failures included). */
-static int spawn(const char *path, char *const argv[], char *const envp[],
+__attribute__((unused)) static int spawn(const char *path, char *const argv[], char *const envp[],
 		 const struct pal_stdio_fds *stdio)
 {
 	int report[2], err = 0;
@@ -343,7 +347,7 @@ int pal_get_version(void)
 	struct buf b;
 	begin(&b, "pal_get_version");
 	emit(&b);
-	return SKELETON_PAL_VERSION;
+	return SKELETON_REPORTED_VERSION;
 }
 #endif
 

@@ -176,7 +176,8 @@ def plan_runelet_launch(spec: dict[str, Any], *, runtime_ref: str, runtime_args:
         raise ConfigError("mounts in config.json must be a list")
     for m in mounts:
         dest = m.get("destination") if isinstance(m, dict) else None
-        if isinstance(dest, str) and os.path.normpath("/" + dest).startswith(layout.ROOT):
+        norm = os.path.normpath("/" + dest.lstrip("/")) if isinstance(dest, str) else ""
+        if norm == layout.ROOT or norm.startswith(layout.ROOT + "/"):
             raise ConfigError(f"mount destination {dest} is reserved for the runelet ({layout.ROOT})")
 
     extra_mounts: list[dict[str, Any]] = []
