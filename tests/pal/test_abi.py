@@ -113,6 +113,13 @@ def test_v3_without_prebuilt_enclave_passes_minus_one_and_zero(skeletons: Skelet
                                 "fd": -1, "addr": 0}
 
 
+def test_no_epm_in_args_means_no_prebuilt_enclave(skeletons: Skeletons, tmp_path: Path) -> None:
+    record = tmp_path / "calls.jsonl"
+    lib = PalLibrary.load(skeletons.fresh(tmp_path, 3))
+    lib.init(f"record={record} no-epm", "info", PrebuiltEnclave(fd=7, addr=4096))
+    assert calls(record)[1]["fd"] == -1 and calls(record)[1]["addr"] == 0
+
+
 def test_exit_value_is_a_wait_status(skeletons: Skeletons, tmp_path: Path) -> None:
     lib = PalLibrary.load(skeletons.fresh(tmp_path, 2))
     lib.init("", "info")

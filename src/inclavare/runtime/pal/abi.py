@@ -196,7 +196,10 @@ class PalLibrary:
     # -- the PAL operations ---------------------------------------------------------------
 
     def init(self, args: str, log_level: str, enclave: PrebuiltEnclave | None = None) -> None:
-        """``pal_init``; v3 gets the pre-built enclave (``fd -1, addr 0`` when none)."""
+        """``pal_init``; v3 gets the pre-built enclave (``fd -1, addr 0`` when none, and
+        always when ``args`` contain ``no-epm``, as upstream rune decides)."""
+        if "no-epm" in args:
+            enclave = None
         attr = PalAttr(_c_string(args, "args", "pal_init"), _c_string(log_level, "log level", "pal_init"))
         if self.version >= 3:
             fd, addr = (enclave.fd, enclave.addr) if enclave is not None else (-1, 0)

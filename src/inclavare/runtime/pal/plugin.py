@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from inclavare.errors import ConfigError, NotSupportedError, PalError
+from inclavare.errors import ConfigError, InclavareError, NotSupportedError, PalError
 from inclavare.runtime.pal.abi import PalLibrary, PrebuiltEnclave, StdioFds
 from inclavare.runtime.pal.process_status import status_from_exit_code
 
@@ -160,7 +160,13 @@ def _instantiate(target: str) -> EnclaveRuntime:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"enclave runtime {target} cannot be loaded: {exc}") from None
-    runtime = factory()
+    try:
+        runtime = factory()
+    except InclavareError:
+        raise
+    except Exception as exc:  # a third-party factory: report, do not crash the caller
+        raise ConfigError(f"enclave runtime {target} failed to start: "
+                          f"{type(exc).__name__}: {exc}") from None
     if not isinstance(runtime, EnclaveRuntime):
         raise ConfigError(f"enclave runtime {target} does not implement the PAL operations")
     return runtime

@@ -363,20 +363,22 @@ def run_init(config_path: str) -> int:
     version = runtime.get_version()
     # No enclave pool in this launch path: v3 gets fd -1 / addr 0 (always so with "no-epm").
     runtime.init(config.args, config.log_level, None)
-    if version < 2:
-        # v1 pal_exec has no environment parameter: its processes inherit ours.
-        os.environ.clear()
-        os.environ.update(env_mapping(config.payload.env))
-    listener = _listen(config.socket)
     supervisor = Supervisor(config, runtime, version)
+    listener: socket.socket | None = None
     try:
+        if version < 2:
+            # v1 pal_exec has no environment parameter: its processes inherit ours.
+            os.environ.clear()
+            os.environ.update(env_mapping(config.payload.env))
+        listener = _listen(config.socket)
         code = supervisor.run(signals, listener)
     finally:
-        listener.close()
-        try:
-            os.unlink(config.socket)
-        except OSError:
-            pass
+        if listener is not None:
+            listener.close()
+            try:
+                os.unlink(config.socket)
+            except OSError:
+                pass
         try:
             runtime.destroy()
         except InclavareError as exc:

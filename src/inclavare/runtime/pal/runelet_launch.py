@@ -57,17 +57,20 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _host_ids(spec: dict[str, Any], uid: int, gid: int) -> tuple[int, int]:
     """The host uid/gid of the container's uid/gid (user namespace mappings applied)."""
-    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    raw = spec.get("linux")
+    linux: dict[str, Any] = raw if isinstance(raw, dict) else {}
 
     def mapped(ident: int, key: str) -> int:
         mappings = linux.get(key) or []
         if not mappings:
             return ident
         for m in mappings:
-            try:
-                inside, host, size = int(m["containerID"]), int(m["hostID"]), int(m["size"])
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"linux.{key} entries need containerID, hostID and size") from None
+            values = [m.get(k) if isinstance(m, dict) else None
+                      for k in ("containerID", "hostID", "size")]
+            ints = [v for v in values if type(v) is int and v >= 0]
+            if len(ints) != 3:
+                raise ConfigError(f"linux.{key} entries need integer containerID, hostID and size")
+            inside, host, size = ints
             if inside <= ident < inside + size:
                 return host + ident - inside
         raise ConfigError(f"id {ident} of the container process is not mapped by linux.{key}")
@@ -196,8 +199,11 @@ def plan_runelet_launch(spec: dict[str, Any], *, runtime_ref: str, runtime_args:
         devices = tuple(getattr(cls, "required_devices", ()))
         host_mounts = tuple(getattr(cls, "required_mounts", ()))
 
-    user = process.get("user") if isinstance(process.get("user"), dict) else {}
-    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    raw_user = process.get("user")
+    user: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    if not all(type(i) is int and 0 <= i < 2**32 for i in (uid, gid)):
+        raise ConfigError("process.user uid/gid in config.json must be integers")
     host_uid, host_gid = _host_ids(spec, uid, gid)
     config = RuneletConfig(runtime=runtime, args=runtime_args, log_level=log_level,
                            payload=Payload(tuple(args), tuple(env), cwd), socket=layout.SOCKET)
