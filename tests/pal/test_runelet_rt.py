@@ -59,10 +59,11 @@ def test_folder_is_read_only(rt_dir: str) -> None:
 def test_the_folder_alone_runs_the_runelet(rt_dir: str) -> None:
     cmd = [os.path.join(rt_dir, "ld.so"), "--library-path", os.path.join(rt_dir, "lib"),
            os.path.join(rt_dir, "bin/python"), *layout.INTERPRETER_ARGS[:-2], "-c",
-           "import sys, inclavare.runtime.pal.runelet_init as m; print(m.__file__); print(sys.path)"]
+           "import json, sys, inclavare.runtime.pal.runelet_init as m; "
+           "print(m.__file__); print(json.dumps(sys.path))"]
     out = subprocess.run(cmd, capture_output=True, text=True, env={}, check=True).stdout
     assert out.startswith(rt_dir)
-    assert all(p.startswith(rt_dir) for p in eval(out.splitlines()[1]) if p)
+    assert all(p.startswith(rt_dir) for p in json.loads(out.splitlines()[1]) if p)
 
 
 def test_ensure_is_idempotent_and_fast(rt_cache: Path, rt_dir: str) -> None:
