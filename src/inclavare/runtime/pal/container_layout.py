@@ -1,0 +1,29 @@
+"""Where the runelet's pieces appear inside an enclave container (fixed paths).
+
+``/.inclavare`` is a small tmpfs the launch planner mounts over the container's root; under
+it, read-only binds of the runelet runtime folder and the PAL library, the runelet
+configuration, and a private tmpfs holding the exec socket.
+"""
+
+from __future__ import annotations
+
+ROOT = "/.inclavare"
+RT = f"{ROOT}/rt"
+LOADER = f"{RT}/ld.so"
+LIBDIR = f"{RT}/lib"
+PYTHON = f"{RT}/bin/python"
+PAL = f"{ROOT}/pal.so"
+CONFIG = f"{ROOT}/runelet.json"
+RUN = f"{ROOT}/run"
+SOCKET = f"{RUN}/runelet.sock"
+
+# -I: isolated (no user site, no PYTHON* variables, no script dir on sys.path); -S: no site
+# import (the folder has no site-packages); -B: the folder is read-only; -X utf8: file names
+# and JSON are UTF-8 whatever the container's locale.
+BOOT = "from inclavare.runtime.pal.runelet import main; main()"
+INTERPRETER_ARGS = ("-I", "-S", "-B", "-X", "utf8", "-c", BOOT)
+
+
+def runelet_command(*args: str) -> list[str]:
+    """The process args that start the runelet through the bundled dynamic loader."""
+    return [LOADER, "--library-path", LIBDIR, PYTHON, *INTERPRETER_ARGS, *args]
