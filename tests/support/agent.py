@@ -26,7 +26,8 @@ class AgentProcess:
     def env(self) -> dict[str, str]:
         """What rune needs to find this agent and keep its state beside it."""
         return {"INCLAVARE_AGENT_SOCKET": self.socket, "INCLAVARE_EPM_DIR": str(self.work / "epm"),
-                "INCLAVARE_RUNE_STATE": str(self.work / "rune-state")}
+                "INCLAVARE_RUNE_STATE": str(self.work / "rune-state"),
+                "INCLAVARE_RUNELET_DIR": str(self.work / "runelet")}
 
     def start(self, timeout: float = 60) -> "AgentProcess":
         cmd = [str(Path(sys.executable).parent / "inclavare"), "agent", "serve",

@@ -21,7 +21,14 @@ import stat as stat_mod
 
 from inclavare.errors import ConfigError, InclavareError, NotSupportedError
 from inclavare.runtime.bundle import rootfs_path
-from inclavare.runtime.enclave_config import TYPE_INTEL_SGX, TYPE_SIM, EnclaveConfig, EnclaveRequest
+from inclavare.runtime.enclave_config import (
+    TYPE_INTEL_SGX,
+    TYPE_JAILHOUSE,
+    TYPE_NITRO,
+    TYPE_SIM,
+    EnclaveConfig,
+    EnclaveRequest,
+)
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.rune_entry import Invocation, exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
@@ -29,6 +36,8 @@ from inclavare.services.agent import client as agent_client
 from inclavare.services.agent import paths as agent_paths
 
 EPM_DIR_ENV = "INCLAVARE_EPM_DIR"
+RUNELET_DIR_ENV = "INCLAVARE_RUNELET_DIR"
+DEFAULT_RUNELET_DIR = "/var/lib/inclavare/runelet"
 MEASUREMENT_ANNOTATION = "io.inclavare.enclave.measurement"
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type"
 
@@ -119,13 +128,46 @@ def inject_tee(spec: Spec, config: EnclaveConfig, workload_dir: str) -> None:
         _add_sgx_devices(spec)
 
 
-def resolve_runtime(config: EnclaveConfig) -> str:
+class ResolvedRuntime:
+    """Which enclave runtime runs the container, and how it is launched."""
+
+    __slots__ = ("ref", "direct_launch", "digest")
+
+    def __init__(self, ref: str, direct_launch: bool, digest: str = "") -> None:
+        self.ref = ref  # "sim", a runtime plugin name, or a PAL library path
+        self.direct_launch = direct_launch  # the payload itself is the container's init
+        self.digest = digest  # SHA-256 of a PAL library (part of the measurement)
+
+    def measured_config(self, config: EnclaveConfig) -> dict[str, str]:
+        doc = config.as_dict()
+        doc["path"] = self.ref
+        if self.digest:
+            doc["runtime_digest"] = self.digest
+        return doc
+
+
+def resolve_runtime(config: EnclaveConfig) -> ResolvedRuntime:
     """The enclave runtime that will run the container (``sim`` is built in)."""
-    if config.type == TYPE_SIM and config.runtime_path in ("", "sim"):
-        return "sim"
-    raise NotSupportedError(
-        f"enclave type {config.type} with runtime {config.runtime_path or '(default)'} has no enclave "
-        "runtime in this installation; refusing to run the container outside an enclave")
+    if config.type in (TYPE_NITRO, TYPE_JAILHOUSE):
+        raise NotSupportedError(
+            f"enclave type {config.type} has no enclave runtime in this installation; "
+            "refusing to run the container outside an enclave")
+    ref = config.runtime_path or ("sim" if config.type == TYPE_SIM else "")
+    if not ref:
+        raise ConfigError("enclave runtime path is not configured (set enclave.runtime.path)")
+    if ref == "sim":
+        if config.type != TYPE_SIM:
+            raise ConfigError(f"the sim enclave runtime simulates a TEE; it needs enclave.type=sim, "
+                              f"not {config.type}")
+        return ResolvedRuntime("sim", direct_launch=True)
+    if "/" in ref:
+        from inclavare.tee.measurement import hash_file
+
+        return ResolvedRuntime(os.path.abspath(ref), direct_launch=False, digest=hash_file(ref))
+    from inclavare.runtime.pal.plugin import runtime_target
+
+    runtime_target(ref)  # an unknown name is an error listing the installed runtimes
+    return ResolvedRuntime(ref, direct_launch=False)
 
 
 def agent_socket() -> str:
@@ -149,23 +191,33 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     from inclavare.tee.measurement import measure, mount_destinations, parse_trusted_arg
 
     process = spec.get("process") or {}
-    result = measure(rootfs_path(spec, record.bundle), process, config.as_dict(),
+    enclave_doc = runtime.measured_config(config)
+    result = measure(rootfs_path(spec, record.bundle), process, enclave_doc,
                      trusted=parse_trusted_arg(config.runtime_args), excluded=mount_destinations(spec),
                      pool=EnclavePool(os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR))
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
-    log.debug(f"enclave {record.id}: runtime {runtime}, measurement {result.hex} "
+    log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
               f"({result.files} files, {result.bytes} bytes, pool {'hit' if result.cached else 'miss'})")
+    if not runtime.direct_launch:
+        from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt, plan_runelet_launch
+
+        rt_dir = ensure_runelet_rt(os.environ.get(RUNELET_DIR_ENV) or DEFAULT_RUNELET_DIR,
+                                   pal_libraries=[runtime.ref] if "/" in runtime.ref else [])
+        os.makedirs(record.directory, mode=0o700, exist_ok=True)
+        plan_runelet_launch(spec, runtime_ref=runtime.ref, runtime_args=config.runtime_args,
+                            log_level=config.log_level, rt_dir=rt_dir, private_dir=record.directory)
 
     agent_client.call(socket_path, "POST", "/v1/containers", {
         "id": record.id, "root": os.path.abspath(record.root), "runc": runc or "/usr/sbin/runc",
         "bundle": record.bundle, "measurement": result.hex, "enclave": config.as_dict(),
-        "runtime": runtime, "cleanup": record.directory,
+        "runtime": runtime.ref, "cleanup": record.directory,
     })
     record.enclave = config.as_dict()
-    record.runtime = runtime
+    record.runtime = runtime.ref
     record.measurement = result.hex
     record.extra["agent_socket"] = socket_path
-    return PreparedEnclave(socket_path, os.path.abspath(record.root), record.id)
+    return PreparedEnclave(socket_path, os.path.abspath(record.root), record.id,
+                           runelet=not runtime.direct_launch)
 
 
 def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: ContainerRecord) -> int:
@@ -179,8 +231,78 @@ def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: Con
         return rc
     if inv.command == "state":
         return rune_cli.state(inv, runc, record)
-    exec_runc(runc, inv.argv)  # start, kill, exec: runc acts on the enclave runtime's process
+    if inv.command == "exec" and record.runtime != "sim":
+        exec_runc(runc, runelet_exec_argv(inv, record))
+    exec_runc(runc, inv.argv)  # start, kill, exec (sim): runc acts on the enclave's own process
     return 1
+
+
+def runelet_exec_argv(inv: Invocation, record: ContainerRecord) -> list[str]:
+    """``exec`` rewritten so the command runs inside the enclave, through the runelet.
+
+    runc starts the runelet's exec client in the container; it hands the command and its stdio
+    to the container's runelet, which runs it with the enclave runtime (PAL create_process +
+    exec) and relays signals; the client exits with the command's status.
+    """
+    from inclavare import fastjson
+    from inclavare.atomic_file import write_atomic
+    from inclavare.runtime.pal.runelet_launch import runelet_exec_args
+
+    argv = list(inv.argv)
+    process_file = inv.flags.get("process") or inv.flags.get("p")
+    if process_file:
+        try:
+            with open(process_file, "rb") as f:
+                process = fastjson.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the exec process file {process_file}: {exc}") from None
+        if not isinstance(process, dict) or not isinstance(process.get("args"), list):
+            raise ConfigError(f"exec process file {process_file} has no args")
+        process["args"] = runelet_exec_args(process["args"], env=process.get("env") or [],
+                                            cwd=process.get("cwd") or None)
+        process["env"] = []
+        rewritten = os.path.join(record.directory, f"exec-{os.getpid()}.json")
+        write_atomic(rewritten, fastjson.dumps(process).encode(), durable=False)
+        for i, arg in enumerate(argv):
+            if arg in ("--process", "-p", "-process") and i + 1 < len(argv):
+                argv[i + 1] = rewritten
+            elif arg.lstrip("-").startswith(("process=", "p=")):
+                argv[i] = "--process=" + rewritten
+        return argv
+    if len(inv.positionals) < 2:
+        exec_runc("", argv)  # let runc report the missing command (never reached with a runc)
+    env = [v for k, v in _repeated_flags(inv, ("env", "e"))]
+    cwd = inv.flags.get("cwd") or None
+    command = inv.positionals[1:]
+    cut = len(argv) - len(command)
+    return argv[:cut] + runelet_exec_args(command, env=env or None, cwd=cwd)
+
+
+def _repeated_flags(inv: Invocation, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every occurrence of a repeatable command flag (``--env A=1 -e B=2``)."""
+    out = []
+    argv = inv.argv
+    i = inv.command_index + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or not arg.startswith("-"):
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in names:
+            if not eq and i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            out.append((name, value))
+        elif not eq and name in _exec_value_flags():
+            i += 1
+        i += 1
+    return out
+
+
+def _exec_value_flags() -> frozenset[str]:
+    from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS
+
+    return COMMAND_VALUE_FLAGS["exec"]
 
 
 def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
@@ -213,13 +335,13 @@ def measure_bundle(bundle: str) -> dict[str, Any]:
     if request.config is None:
         raise ConfigError(f"bundle {bundle} has no enclave configuration (set enclave.type)")
     config = request.config
-    resolve_runtime(config)
+    runtime = resolve_runtime(config)
     process = dict(spec.get("process") or {})
     process["env"] = list(request.env)
     inject_tee(spec, config, agent_paths.workload_dir_for(agent_socket()))
     destinations = mount_destinations(spec)
     pool_dir = os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR
-    result = measure(rootfs_path(spec, bundle), process, config.as_dict(),
+    result = measure(rootfs_path(spec, bundle), process, runtime.measured_config(config),
                      trusted=parse_trusted_arg(config.runtime_args), excluded=destinations,
                      pool=EnclavePool(pool_dir) if os.access(os.path.dirname(pool_dir) or "/", os.W_OK) else None)
     return {"measurement": result.hex, "files": result.files, "bytes": result.bytes, "pool_hit": result.cached}
