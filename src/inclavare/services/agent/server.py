@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_to_bytes, urlsplit
 
 from inclavare import __version__
 from inclavare.errors import AgentError, ConfigError, InclavareError, KbsError, NotSupportedError
@@ -201,10 +201,10 @@ class Agent:
 
     # -- workload API ---------------------------------------------------------------------
 
-    def workload(self, reg: Registration, path: str, query: dict[str, str]) -> tuple[int, Any]:
+    def workload(self, reg: Registration, path: str, query: dict[str, str], raw_query: dict[str, bytes]) -> tuple[int, Any]:
         if path == "/aa/evidence":
-            data = query.get("runtime_data", "")
-            return 200, self.evidence.evidence(reg, data.encode())
+            # the percent-decoded bytes: binary report data (e.g. a hash) passes unchanged
+            return 200, self.evidence.evidence(reg, raw_query.get("runtime_data", b""))
         if path == "/aa/token":
             if query.get("token_type", "kbs") != "kbs":
                 raise HttpError(400, "only token_type=kbs is supported")
@@ -285,6 +285,15 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         return parts.path, query
 
+    def _raw_query(self) -> dict[str, bytes]:
+        """Query values as percent-decoded bytes (first occurrence wins)."""
+        out: dict[str, bytes] = {}
+        for item in urlsplit(self.path).query.split("&"):
+            key, _, value = item.partition("=")
+            key_text = unquote_to_bytes(key.replace("+", " ")).decode("utf-8", "replace")
+            out.setdefault(key_text, unquote_to_bytes(value.replace("+", " ")))
+        return out
+
 
 class ControlHandler(_Handler):
     def _handle(self, method: str) -> None:
@@ -317,7 +326,7 @@ class WorkloadHandler(_Handler):
             reg = self.server.agent.registry.identify(peer) if peer is not None else None
             if reg is None:
                 raise HttpError(403, "caller is not in an enclave container registered with this node")
-            return self.server.agent.workload(reg, path, query)
+            return self.server.agent.workload(reg, path, query, self._raw_query())
 
         self._dispatch(run)
 
