@@ -141,3 +141,39 @@ def encode_oid(dotted: str) -> bytes:
             arc >>= 7
         out.extend(reversed(chunk))
     return bytes(out)
+
+
+def encode_tlv(tag: int, content: bytes) -> bytes:
+    """One DER TLV (definite, minimal length)."""
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+def encode_sequence(*items: bytes) -> bytes:
+    return encode_tlv(SEQUENCE, b"".join(items))
+
+
+def encode_integer(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("only non-negative INTEGERs are encoded here")
+    raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    return encode_tlv(INTEGER, raw)
+
+
+def encode_enumerated(value: int) -> bytes:
+    return encode_tlv(ENUMERATED, encode_integer(value)[2:])
+
+
+def encode_boolean(value: bool) -> bytes:
+    return encode_tlv(BOOLEAN, b"\xff" if value else b"\x00")
+
+
+def encode_octets(value: bytes) -> bytes:
+    return encode_tlv(OCTET_STRING, value)
+
+
+def encode_object_identifier(dotted: str) -> bytes:
+    return encode_tlv(OID, encode_oid(dotted))

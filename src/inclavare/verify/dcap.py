@@ -210,6 +210,17 @@ def _check_qe_binding(quote: Quote) -> None:
         raise QuoteRejected("QE report data does not bind the attestation key")
 
 
+# TD_ATTRIBUTES (TDX module ABI): bit 0 DEBUG, 4-6 profiling, 17 SERVTD_EXT, 28 SEPT_VE_DISABLE,
+# 29 MIGRATABLE. The bits a production TD may set are those dcap-qvl 0.7 accepts; everything else
+# (reserved bits included) fails, and SEPT_VE_DISABLE is required.
+_TD_DEBUG = 1
+_TD_PROFILING = 0b111 << 4
+_TD_SERVTD_EXT = 1 << 17
+_TD_SEPT_VE_DISABLE = 1 << 28
+_TD_MIGRATABLE = 1 << 29
+_TD_ALLOWED = (0b1111101 << 16) | (1 << 27) | _TD_SEPT_VE_DISABLE | (0b11 << 30) | (0b11 << 62)
+
+
 def _check_attributes(report: EnclaveReport | TdReport10) -> None:
     if isinstance(report, EnclaveReport):
         if report.debug:
@@ -217,16 +228,18 @@ def _check_attributes(report: EnclaveReport | TdReport10) -> None:
         return
     if isinstance(report, TdReport15) and report.mr_service_td != bytes(48):
         raise QuoteRejected("MRSERVICETD is not zero (service TD binding not allowed)")
-    attrs = report.td_attributes
-    if attrs[0] & 0xFE:
-        raise QuoteRejected("reserved bits in TD attributes are set")
-    if attrs[0] & 0x01:
+    attrs = int.from_bytes(report.td_attributes, "little")
+    if attrs & _TD_DEBUG:
         raise QuoteRejected("the TD runs in debug mode")
-    reserved_sec = attrs[1] | attrs[2] << 8 | (attrs[3] & 0x0F) << 16
-    reserved_other = attrs[4] & 0x7F | attrs[5] << 8 | attrs[6] << 16 | attrs[7] << 24
-    if reserved_sec or attrs[3] & 0x20 or reserved_other:
+    if attrs & _TD_MIGRATABLE:
+        raise QuoteRejected("the TD is migratable")
+    if attrs & _TD_PROFILING:
+        raise QuoteRejected("TD profiling is enabled")
+    if attrs & _TD_SERVTD_EXT:
+        raise QuoteRejected("SERVTD_EXT is enabled")
+    if attrs & ~_TD_ALLOWED:
         raise QuoteRejected("reserved bits in TD attributes are set")
-    if not attrs[3] & 0x10:
+    if not attrs & _TD_SEPT_VE_DISABLE:
         raise QuoteRejected("SEPT_VE_DISABLE is not set")
 
 
