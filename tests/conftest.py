@@ -54,7 +54,8 @@ def bundle_factory(tmp_path: Path, busybox_rootfs: str) -> BundleFactory:
     counter = iter(range(1000))
 
     def make(args: list[str], **kw: object) -> str:
-        return make_bundle(str(tmp_path / f"bundle{next(counter)}"), args, rootfs=busybox_rootfs, **kw)  # type: ignore[arg-type]
+        kw.setdefault("rootfs", busybox_rootfs)
+        return make_bundle(str(tmp_path / f"bundle{next(counter)}"), args, **kw)  # type: ignore[arg-type]
 
     return make
 

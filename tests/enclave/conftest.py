@@ -72,5 +72,5 @@ def verify_sim_evidence(agent: AgentProcess, evidence_json: str) -> Any:
 
     sim = SimAuthority.load_or_create(str(agent.state_dir / "sim"))
     quote = base64.b64decode(json.loads(evidence_json)["quote"])
-    root = x509.load_pem_x509_certificate(sim.root_ca_pem)
+    root = x509.load_pem_x509_certificate(sim.root_ca_pem.encode())
     return verify_quote(quote, sim.collateral(), now=datetime.now(timezone.utc), trust_anchors=[root])
