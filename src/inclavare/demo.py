@@ -25,6 +25,10 @@ from pathlib import Path
 
 from inclavare.errors import InclavareError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SECRET = "the tenant's database password: correct-horse-battery-staple"
 RESOURCE = "demo/secret/db-password"
 BANNER = "!" * 78
@@ -63,7 +67,7 @@ class Demo:
         self.steps.append((title, detail))
         print(f"[{len(self.steps)}] {title}" + (f"\n    {detail}" if detail else ""), flush=True)
 
-    def daemon(self, name: str, cmd: list[str], ready: "callable[[], bool]", timeout: float = 60) -> None:  # type: ignore[valid-type]
+    def daemon(self, name: str, cmd: list[str], ready: Callable[[], bool], timeout: float = 60) -> None:
         log = open(self.work / f"{name}.log", "wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.procs.append(proc)
@@ -174,7 +178,7 @@ insecure_sim_collateral = "sim/collateral.json"
 
     def agent_ready() -> bool:
         try:
-            return client.call(demo.agent_socket, "GET", "/v1/health", timeout=1)["status"] == "ok"
+            return bool(client.call(demo.agent_socket, "GET", "/v1/health", timeout=1)["status"] == "ok")
         except InclavareError:
             return False
 

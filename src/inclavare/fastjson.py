@@ -25,7 +25,7 @@ class _Context:
         raise ValueError(f"JSON constant {name} is not allowed")
 
 
-_scan = _json.make_scanner(_Context)
+_scan = _json.make_scanner(_Context)  # type: ignore[arg-type]  # duck-typed context, as json does
 
 
 def loads(data: str | bytes) -> object:

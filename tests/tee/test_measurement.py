@@ -106,9 +106,9 @@ def test_pool_hit_skips_reading_and_any_change_invalidates(rootfs: str, tmp_path
     changed = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
     assert not changed.cached and changed.measurement != cold.measurement
     assert changed.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement
-    assert len(pool.list()) == 2
-    assert pool.remove(pool.list()[0].key[:8])
-    assert len(pool.clear()) == 1 and pool.list() == []
+    assert len(pool.entries()) == 2
+    assert pool.remove(pool.entries()[0].key[:8])
+    assert len(pool.clear()) == 1 and pool.entries() == []
 
 
 def test_damaged_pool_entry_is_recomputed(rootfs: str, tmp_path: Path) -> None:

@@ -30,14 +30,14 @@ def _pool(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _ls(args: argparse.Namespace) -> int:
-    entries = _pool(args).list()
+    entries = _pool(args).entries()
     if args.json:
         print(json.dumps([e.as_dict() for e in entries]))
         return 0
     print(f"{'KEY':<14} {'FILES':>6} {'BYTES':>12} {'LAST USED':<20} ROOTFS")
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
-        print(f"{e.key[:12]:<14} {e.files:>6} {e.bytes:>12} {used:<20} {e.rootfs}")
+        print(f"{e.key[:12]:<14} {e.files:>6} {e.total_bytes:>12} {used:<20} {e.rootfs}")
     return 0
 
 

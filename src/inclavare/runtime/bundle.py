@@ -36,7 +36,7 @@ def load_spec(bundle: str) -> Spec:
     return spec
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: Any) -> Any:  # noqa: ANN401 - parsed JSON
     """Deep copy of parsed JSON (dicts, lists, scalars)."""
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
@@ -53,7 +53,7 @@ def _is_bind(mount: dict[str, Any]) -> bool:
 def absolutize(spec: Spec, bundle: str) -> Spec:
     """A copy of ``spec`` whose rootfs and bind sources no longer depend on the bundle dir."""
     bundle = os.path.abspath(bundle)
-    out = _copy(spec)
+    out: Spec = _copy(spec)
     root = out.get("root")
     if isinstance(root, dict) and isinstance(root.get("path"), str):
         root["path"] = os.path.normpath(os.path.join(bundle, root["path"]))

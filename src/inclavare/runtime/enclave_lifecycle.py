@@ -197,7 +197,7 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
                      pool=EnclavePool(os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR))
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
     log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
-              f"({result.files} files, {result.bytes} bytes, pool {'hit' if result.cached else 'miss'})")
+              f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")
     if not runtime.direct_launch:
         from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt, plan_runelet_launch
 
@@ -344,4 +344,4 @@ def measure_bundle(bundle: str) -> dict[str, Any]:
     result = measure(rootfs_path(spec, bundle), process, runtime.measured_config(config),
                      trusted=parse_trusted_arg(config.runtime_args), excluded=destinations,
                      pool=EnclavePool(pool_dir) if os.access(os.path.dirname(pool_dir) or "/", os.W_OK) else None)
-    return {"measurement": result.hex, "files": result.files, "bytes": result.bytes, "pool_hit": result.cached}
+    return {"measurement": result.hex, "files": result.files, "bytes": result.total_bytes, "pool_hit": result.cached}

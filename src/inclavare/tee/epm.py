@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from _sha256 import sha256 as small_sha256
+from _sha256 import sha256 as small_sha256  # type: ignore[import-not-found]
 
 from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
@@ -36,18 +36,18 @@ FORMAT = 1
 
 
 class PoolEntry(Immutable):
-    __slots__ = ("key", "rootfs", "files", "bytes", "files_digest", "created", "last_used")
+    __slots__ = ("key", "rootfs", "files", "total_bytes", "files_digest", "created", "last_used")
     key: str
     rootfs: str
     files: int
-    bytes: int
+    total_bytes: int
     files_digest: str
     created: float
     last_used: float
 
-    def __init__(self, key: str, rootfs: str, files: int, bytes: int, files_digest: str,  # noqa: A002
+    def __init__(self, key: str, rootfs: str, files: int, total_bytes: int, files_digest: str,
                  created: float, last_used: float) -> None:
-        self._set(key=key, rootfs=rootfs, files=files, bytes=bytes, files_digest=files_digest,
+        self._set(key=key, rootfs=rootfs, files=files, total_bytes=total_bytes, files_digest=files_digest,
                   created=created, last_used=last_used)
 
     def as_dict(self) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def signature(entries: Sequence[FileEntry]) -> str:
     h = small_sha256(b"epm-signature-v1\0")
     for e in entries:
         h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{fingerprint_key(e)}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 class EnclavePool:
@@ -88,12 +88,12 @@ class EnclavePool:
                 os.utime(self._path(key))  # last use, for `epm ls` and eviction
             except OSError:
                 pass
-            return doc["files_digest"], True
+            return str(doc["files_digest"]), True
         digest, digests, _ = files_digest(rootfs, entries, self._known_digests())
         now = time.time()
         record = {
             "format": FORMAT, "key": key, "rootfs": rootfs, "files": len(entries),
-            "bytes": sum(e.size for e in entries if e.kind == "f"), "files_digest": digest,
+            "total_bytes": sum(e.size for e in entries if e.kind == "f"), "files_digest": digest,
             "created": now, "digests": digests,
         }
         try:
@@ -105,13 +105,13 @@ class EnclavePool:
     def _known_digests(self, limit: int = 8) -> dict[str, str]:
         """Content digests from the most recently used entries (shared layers hash once)."""
         known: dict[str, str] = {}
-        for entry in self.list()[:limit]:
+        for entry in self.entries()[:limit]:
             doc = self._load(entry.key)
             if doc and isinstance(doc.get("digests"), dict):
                 known.update(doc["digests"])
         return known
 
-    def list(self) -> list[PoolEntry]:
+    def entries(self) -> list[PoolEntry]:
         out: list[PoolEntry] = []
         try:
             names = os.listdir(self.entries_dir)
@@ -128,7 +128,7 @@ class EnclavePool:
             except OSError:
                 continue
             out.append(PoolEntry(doc["key"], str(doc.get("rootfs", "")), int(doc.get("files", 0)),
-                                 int(doc.get("bytes", 0)), str(doc.get("files_digest", "")),
+                                 int(doc.get("total_bytes", 0)), str(doc.get("files_digest", "")),
                                  float(doc.get("created", 0)), used))
         out.sort(key=lambda e: e.last_used, reverse=True)
         return out
@@ -137,13 +137,13 @@ class EnclavePool:
         """Remove entries whose key starts with ``prefix`` (at least 4 characters)."""
         if len(prefix) < 4:
             raise ConfigError("give at least 4 characters of the entry key (or --all)")
-        removed = [e.key for e in self.list() if e.key.startswith(prefix)]
+        removed = [e.key for e in self.entries() if e.key.startswith(prefix)]
         for key in removed:
             os.unlink(self._path(key))
         return removed
 
     def clear(self) -> list[str]:
-        removed = [e.key for e in self.list()]
+        removed = [e.key for e in self.entries()]
         for key in removed:
             os.unlink(self._path(key))
         return removed

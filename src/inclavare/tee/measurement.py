@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
-from _sha256 import sha256 as small_sha256  # no OpenSSL start-up: this runs on rune's create path
+from _sha256 import sha256 as small_sha256  # type: ignore[import-not-found]  # no OpenSSL start-up on rune's create path
 
 from inclavare import fastjson
 from inclavare.errors import ConfigError
@@ -60,15 +60,16 @@ class FileEntry(Immutable):
 
 
 class Measurement(Immutable):
-    __slots__ = ("measurement", "files_digest", "files", "bytes", "cached")
+    __slots__ = ("measurement", "files_digest", "files", "total_bytes", "cached")
     measurement: bytes  # 32 bytes
     files_digest: str
     files: int
-    bytes: int
+    total_bytes: int
     cached: bool  # True when no file content had to be read
 
-    def __init__(self, measurement: bytes, files_digest: str, files: int, bytes: int, cached: bool) -> None:  # noqa: A002
-        self._set(measurement=measurement, files_digest=files_digest, files=files, bytes=bytes, cached=cached)
+    def __init__(self, measurement: bytes, files_digest: str, files: int, total_bytes: int, cached: bool) -> None:
+        self._set(measurement=measurement, files_digest=files_digest, files=files, total_bytes=total_bytes,
+                  cached=cached)
 
     @property
     def hex(self) -> str:

@@ -110,7 +110,7 @@ class Registry:
                 reg = registration_from(doc)
                 reg = replace(reg, registered_at=float(doc.get("registered_at", 0)),
                               init_pid=int(doc.get("init_pid", 0)), init_start=int(doc.get("init_start", 0)),
-                              pid_ns=tuple(doc["pid_ns"]) if doc.get("pid_ns") else None)  # type: ignore[arg-type]
+                              pid_ns=(int(doc["pid_ns"][0]), int(doc["pid_ns"][1])) if doc.get("pid_ns") else None)
             except (OSError, ValueError, ConfigError, KeyError, TypeError):
                 continue  # a damaged file is skipped, never trusted
             self._items[reg.key] = reg

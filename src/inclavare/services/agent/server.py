@@ -190,13 +190,13 @@ class Agent:
                 found = self.registry.deregister(root, cid)
                 return (200, {"deregistered": cid}) if found else (404, {"detail": f"container {cid} is not registered"})
             if method == "POST" and parts[3:] == ["evidence"]:
-                reg = self.registry.get(root, cid)
-                if reg is None:
+                known = self.registry.get(root, cid)
+                if known is None:
                     raise HttpError(404, f"container {cid} is not an enclave container known to this agent")
                 data = body.get("runtime_data", "") if isinstance(body, dict) else ""
                 if not isinstance(data, str):
                     raise HttpError(400, "runtime_data must be a string")
-                return 200, self.evidence.evidence(reg, data.encode())
+                return 200, self.evidence.evidence(known, data.encode())
         raise HttpError(404, f"no such endpoint: {method} {path}")
 
     # -- workload API ---------------------------------------------------------------------
@@ -323,10 +323,10 @@ class WorkloadHandler(_Handler):
 
         def run() -> tuple[int, Any]:
             peer = identify(self.connection)
-            reg = self.server.agent.registry.identify(peer) if peer is not None else None
-            if reg is None:
+            found = self.server.agent.registry.identify(peer) if peer is not None else None
+            if found is None:
                 raise HttpError(403, "caller is not in an enclave container registered with this node")
-            return self.server.agent.workload(reg, path, query, self._raw_query())
+            return self.server.agent.workload(found, path, query, self._raw_query())
 
         self._dispatch(run)
 
