@@ -20,6 +20,7 @@ from inclavare.errors import InclavareError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.install_cmd",
     "inclavare.cli.demo_cmd",
+    "inclavare.cli.kbs_cmd",
 )
 
 
