@@ -98,6 +98,11 @@ def decrypt(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, jwe: ob
         header = json.loads(b64url_decode(protected, "JWE protected header"))
         if not isinstance(header, dict):
             raise JweError("JWE: protected header is not an object")
+        for extra_name in ("unprotected", "header"):  # RFC 7516 §7.2.1: disjoint header sets
+            extra = jwe.get(extra_name, {})
+            if not isinstance(extra, Mapping) or set(extra) & set(header):
+                raise JweError(f"JWE: '{extra_name}' must be an object disjoint from the other headers")
+            header = {**header, **extra}
         if header.get("enc") != ENC:
             raise JweError(f"JWE: unsupported enc {header.get('enc')!r}")
         encrypted_key = b64url_decode(jwe["encrypted_key"], "JWE encrypted_key")
@@ -130,5 +135,5 @@ def decrypt(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, jwe: ob
         raise JweError("JWE: decryption failed (wrong key or tampered ciphertext)") from exc
     except FormatError as exc:
         raise JweError(str(exc)) from exc
-    except (ValueError, UnicodeDecodeError) as exc:  # json/RSA decoding errors
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # json/RSA decoding errors
         raise JweError(f"JWE: malformed ({exc.__class__.__name__})") from exc

@@ -72,7 +72,7 @@ class VerifiedJwt:
 def _json_part(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part, what))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise JwtError(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
         raise JwtError(f"{what} is not a JSON object")

@@ -59,7 +59,7 @@ def parse_message(body: bytes, *, now: datetime) -> list[ReferenceValue]:
     """Parse an RVPS register message (only the ``sample`` extractor is supported)."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError("reference value message is not JSON") from exc
     if not isinstance(message, dict):
         raise FormatError("reference value message must be a JSON object")
@@ -69,7 +69,7 @@ def parse_message(body: bytes, *, now: datetime) -> list[ReferenceValue]:
         raise FormatError(f"unsupported reference value type {message.get('type')!r} (supported: 'sample')")
     try:
         provenance = json.loads(b64std_decode(message.get("payload"), "payload"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError("reference value payload is not base64 of a JSON object") from exc
     if not isinstance(provenance, dict) or not provenance:
         raise FormatError("reference value payload must be a non-empty JSON object {name: value}")

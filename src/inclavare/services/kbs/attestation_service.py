@@ -133,7 +133,7 @@ class BuiltinAttestationService:
 
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _set_policy_error("parse set policy request: not JSON") from exc
         if not isinstance(doc, dict):
             raise _set_policy_error("parse set policy request: expected a JSON object")

@@ -44,7 +44,7 @@ def attest_error(detail: str) -> KbsError:
 def _json_object(body: bytes, what: str, err: Any) -> dict[str, Any]:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise err(f"deserialize {what}: not valid JSON ({exc.__class__.__name__})") from exc
     if not isinstance(doc, dict):
         raise err(f"deserialize {what}: expected a JSON object")

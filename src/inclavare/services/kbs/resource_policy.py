@@ -59,7 +59,7 @@ class ResourcePolicyEngine:
         """Admin: ``{"policy": "<base64url Rego>"}``; compiled before it is stored."""
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _policy_error("Illegal SetPolicy Request Json") from exc
         if not isinstance(doc, dict) or "policy" not in doc:
             raise _policy_error("No `policy` field inside SetPolicy Request Json")
