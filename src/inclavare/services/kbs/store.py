@@ -37,8 +37,8 @@ class KbsStore(ABC):
 
     @abstractmethod
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """Yield a cursor inside a transaction committed on exit."""
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
+        """Yield a cursor inside a transaction committed on exit (``write=False``: read-only)."""
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass
@@ -58,7 +58,7 @@ class KbsStore(ABC):
         cur.execute("UPDATE kbs_meta SET value = value + 1 WHERE key = 'generation'")
 
     def _one(self, query: str, args: tuple[Any, ...]) -> Any:
-        with self._transaction() as cur:
+        with self._transaction(write=False) as cur:
             cur.execute(self._sql(query), args)
             row = cur.fetchone()
         return None if row is None else row[0]
@@ -81,7 +81,7 @@ class KbsStore(ABC):
             return bool(cur.rowcount)
 
     def list_resources(self) -> list[str]:
-        with self._transaction() as cur:
+        with self._transaction(write=False) as cur:
             cur.execute("SELECT path FROM kbs_resources ORDER BY path")
             return [row[0] for row in cur.fetchall()]
 
@@ -109,7 +109,7 @@ class KbsStore(ABC):
             self._bump(cur)
 
     def reference_values(self) -> list[ReferenceValue]:
-        with self._transaction() as cur:
+        with self._transaction(write=False) as cur:
             cur.execute("SELECT record FROM kbs_reference_values ORDER BY name")
             rows = cur.fetchall()
         return [ReferenceValue.from_record(json.loads(row[0])) for row in rows]

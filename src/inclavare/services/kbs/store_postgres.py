@@ -36,7 +36,7 @@ class PostgresStore(KbsStore):
             raise StoreError(f"cannot connect to PostgreSQL store: {str(exc).strip()[:200]}") from exc
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
         with self._lock:
             if self._conn.closed:
                 self._conn = self._connect()
