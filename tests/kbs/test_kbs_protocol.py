@@ -342,3 +342,20 @@ def test_resource_policy_sees_path_and_denies_with_401(make_kbs) -> None:
     assert r.status_code == 401 and error_type(r) == "PolicyDeny"
     got = server.admin("GET", "/resource-policy")
     assert b'["default", "key", "1"]' in b64url_decode(got.text)
+
+
+_ENGINE_CRASHER = ('package policy\nimport rego.v1\ndefault allow := false\nhelper if input.x == 1\n'
+                   'helper2 if helper\nallow if { helper2 with input as {"x": 1} }\n')
+
+
+def test_policy_that_crashes_the_rego_engine_is_refused_and_server_survives(make_kbs) -> None:
+    from inclavare.crypto.b64 import b64url_encode
+
+    server = make_kbs()
+    r = server.admin("POST", "/resource-policy", json.dumps({"policy": b64url_encode(_ENGINE_CRASHER.encode())}).encode())
+    assert r.status_code == 401 and "crashes the Rego engine" in r.json()["detail"]
+    doc = {"type": "rego", "policy_id": "default_cpu", "policy": b64url_encode(_ENGINE_CRASHER.encode())}
+    r = server.admin("POST", "/attestation-policy", json.dumps(doc).encode())
+    assert r.status_code == 401 and "crashes the Rego engine" in r.json()["detail"]
+    assert server.proc.poll() is None
+    assert SampleSession(server.url).auth().status_code == 200

@@ -26,6 +26,7 @@ from inclavare.errors import FormatError, InclavareError, KbsError, Verification
 from inclavare.policy import ear
 from inclavare.policy.reference_values import active_values, check_name, parse_message
 from inclavare.policy.rego_policy import PolicyCache, PolicyError
+from inclavare.policy.rego_probe import probe_policy
 from inclavare.services.kbs.protocol import InitData, expected_report_data, runtime_data_digest
 from inclavare.services.kbs.sample_tee import verify_sample_evidence
 from inclavare.services.kbs.store import KbsStore
@@ -149,6 +150,7 @@ class BuiltinAttestationService:
         except (FormatError, UnicodeDecodeError) as exc:
             raise _set_policy_error(f"'policy' must be base64url of UTF-8 Rego: {exc}") from exc
         try:
+            probe_policy(text, "", {"reference": {}}, {})
             probe = self.policies.get(text, "", {"reference": {}})
             ear.appraisal_from_policy_output(probe.evaluate({}), policy_id)
         except PolicyError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 from inclavare.crypto.b64 import b64url_decode, b64url_encode
 from inclavare.errors import FormatError, KbsError
 from inclavare.policy.rego_policy import PolicyCache, PolicyError
+from inclavare.policy.rego_probe import probe_policy
 from inclavare.services.kbs.store import KbsStore
 
 log = logging.getLogger("inclavare.kbs")
@@ -69,8 +70,10 @@ class ResourcePolicyEngine:
             text = b64url_decode(doc["policy"], "policy").decode("utf-8")
         except (FormatError, UnicodeDecodeError) as exc:
             raise _policy_error(f"`policy` must be base64url of UTF-8 Rego: {exc}") from exc
+        probe_data = {"plugin": "resource", "resource-path": ["default", "key", "1"], "query": {}}
         try:
-            self.policies.get(text, "allow", {"plugin": "resource", "resource-path": ["a", "b", "c"], "query": {}}).evaluate({})
+            probe_policy(text, "allow", probe_data, {})
+            self.policies.get(text, "allow", probe_data).evaluate({})
         except PolicyError as exc:
             raise _policy_error(str(exc)) from exc
         self.store.put_policy(POLICY_ID, text)
