@@ -359,3 +359,47 @@ def test_policy_that_crashes_the_rego_engine_is_refused_and_server_survives(make
     assert r.status_code == 401 and "crashes the Rego engine" in r.json()["detail"]
     assert server.proc.poll() is None
     assert SampleSession(server.url).auth().status_code == 200
+
+
+def test_session_table_is_bounded(make_kbs) -> None:
+    server = make_kbs("max_sessions = 3\n")
+    codes = [SampleSession(server.url).auth().status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 503]
+
+
+def test_rsa_tee_key_gets_rsa_oaep_jwe(kbs) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from inclavare.crypto import jwe
+
+    s = SampleSession(kbs.url)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    s.pub = jwk_from_public_key(key.public_key(), alg="RSA-OAEP-256")
+    s.auth()
+    assert s.attest().status_code == 200
+    r = s.resource("default/key/1")
+    assert json.loads(b64url_decode(r.json()["protected"]))["alg"] == "RSA-OAEP-256"
+    assert jwe.decrypt(key, r.json()) == b"top secret"
+
+
+def test_init_data_is_hashed_and_exposed_in_claims(kbs) -> None:
+    import hashlib
+
+    toml = 'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"aa.toml" = "[token_configs]\\nx = 1\\n"\npolicy = "p"\n'
+    s = SampleSession(kbs.url)
+    s.auth()
+    doc = s.attestation()
+    doc["init-data"] = {"format": "toml", "body": toml}
+    r = s.attest(doc)
+    assert r.status_code == 200, r.text
+    ev = _claims(r.json()["token"])["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+    assert ev["init_data"] == hashlib.sha384(toml.encode()).hexdigest()
+    assert ev["init_data_claims"]["aa.toml"] == {"token_configs": {"x": 1}}
+    for bad in ({"format": "json", "body": "{}"}, {"format": "toml", "body": "algorithm = "},
+                {"format": "toml", "body": 'algorithm = "md5"'}, {"format": "toml"}):
+        s = SampleSession(kbs.url)
+        s.auth()
+        doc = s.attestation()
+        doc["init-data"] = bad
+        r = s.attest(doc)
+        assert r.status_code == 401 and error_type(r) == "AttestationError", bad
