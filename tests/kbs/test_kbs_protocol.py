@@ -403,3 +403,17 @@ def test_init_data_is_hashed_and_exposed_in_claims(kbs) -> None:
         doc["init-data"] = bad
         r = s.attest(doc)
         assert r.status_code == 401 and error_type(r) == "AttestationError", bad
+
+
+def test_metrics_use_trustee_names_and_count(make_kbs) -> None:
+    server = make_kbs()
+    s = SampleSession(server.url)
+    s.auth()
+    s.attest()
+    s.resource("default/key/1")  # default policy: violation (the harness readiness probe is request 1)
+    SampleSession(server.url).auth("0.1.0")
+    text = httpx.get(server.url + "/metrics").text
+    for line in ("kbs_auth_requests_total 2", "kbs_auth_successes_total 1", "kbs_auth_errors_total 1",
+                 'kbs_attestation_successes_total{tee_type="sample"} 1', "kbs_policy_violations_total 1",
+                 'kbs_http_request_duration_seconds_bucket{le="+Inf"} 5'):
+        assert line in text.splitlines(), line

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +27,7 @@ from inclavare.crypto import jwe
 from inclavare.errors import InclavareError, KbsError, StoreError
 from inclavare.services.kbs.admin_auth import AdminAuth
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
+from inclavare.services.kbs.metrics import Metrics
 from inclavare.services.kbs.protocol import KBS_PREFIX, SESSION_COOKIE, error_body
 from inclavare.services.kbs.rcar import RcarHandshake
 from inclavare.services.kbs.resource_path import parse_resource_path
@@ -51,6 +52,7 @@ class KbsService:
     admin: AdminAuth
     payload_limit: int
     session_timeout_s: float
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,30 @@ async def read_body(call: Call) -> bytes:
 
 # --- handlers -----------------------------------------------------------------------------------
 async def handle_auth(call: Call) -> Response:
-    session, challenge = call.service.rcar.auth(await read_body(call))
+    metrics = call.service.metrics
+    metrics.inc("kbs_auth_requests_total")
+    try:
+        session, challenge = call.service.rcar.auth(await read_body(call))
+    except KbsError:
+        metrics.inc("kbs_auth_errors_total")
+        raise
+    metrics.inc("kbs_auth_successes_total")
     return _json(challenge, cookie=session)
 
 
 async def handle_attest(call: Call) -> Response:
+    metrics = call.service.metrics
+    metrics.inc("kbs_attestation_requests_total")
     body = await read_body(call)
-    session = call.service.rcar.attest(call.request.cookies.get(SESSION_COOKIE), body)
+    sid = call.request.cookies.get(SESSION_COOKIE)
+    known = call.service.rcar.sessions.get(sid)
+    tee = known.tee if known is not None else "unknown"
+    try:
+        session = call.service.rcar.attest(sid, body)
+    except KbsError:
+        metrics.inc("kbs_attestation_failures_total", tee_type=tee)
+        raise
+    metrics.inc("kbs_attestation_successes_total", tee_type=tee)
     return _json({"token": session.token}, cookie=session)
 
 
@@ -131,7 +150,14 @@ def _token_claims(call: Call) -> tuple[dict[str, Any], Any]:
 async def get_resource(call: Call) -> Response:
     path = parse_resource_path(call.rest)
     claims, tee_key = _token_claims(call)
-    call.service.resource_policy.check(claims, "resource", path.segments(), call.query)
+    metrics = call.service.metrics
+    metrics.inc("kbs_policy_evals_total")
+    try:
+        call.service.resource_policy.check(claims, "resource", path.segments(), call.query)
+    except KbsError as exc:
+        metrics.inc("kbs_policy_violations_total" if exc.kind == "PolicyDeny" else "kbs_policy_errors_total")
+        raise
+    metrics.inc("kbs_policy_approvals_total")
     data = call.service.store.get_resource(str(path))
     if data is None:
         raise KbsError(f"Plugin internal error: resource {path} not found", kind="PluginInternalError")
@@ -240,8 +266,10 @@ def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Respon
             log.exception("internal error on %s %s", request.method, request.url.path)
             return _json(error_body("InternalError", "internal error (see the server log)"), 500)
         finally:
-            log.debug("%s %s %.2f ms", request.method, request.url.path,
-                      (time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            service.metrics.inc("kbs_http_requests_total")
+            service.metrics.observe(elapsed)
+            log.debug("%s %s %.2f ms", request.method, request.url.path, elapsed * 1000)
 
     return dispatch
 
@@ -249,7 +277,11 @@ def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Respon
 def create_app(service: KbsService) -> Starlette:
     methods = sorted({r.method for r in ROUTES} | {"PUT", "PATCH"})
     dispatch = make_dispatcher(service)
+    async def metrics(_request: Request) -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
     return Starlette(routes=[
         StarletteRoute(KBS_PREFIX + "/{path:path}", dispatch, methods=methods),
         StarletteRoute(KBS_PREFIX, dispatch, methods=methods),
+        StarletteRoute("/metrics", metrics, methods=["GET"]),
     ])
