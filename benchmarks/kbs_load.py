@@ -1,12 +1,14 @@
 """KBS load: complete flows (auth + attest + resource) per second with C concurrent clients.
 
 The server (a real ``inclavare kbs serve`` process) is pinned to core 0, this load generator to
-core 1. Each flow does the full real work on the server: session, evidence verification, Rego
+core 1. Evidence: simulated SGX quotes (real quote v3 format, verified by the same DCAP code as
+Intel's, trust anchor = the simulated root; ``--evidence sample`` for Trustee's sample TEE).
+Each flow does the full real work on the server: session, evidence verification, Rego
 appraisal, ES256 token signing, resource policy, JWE encryption; the client generates a P-256
 key, binds it in the report data and decrypts the JWE. Baseline, same run: the same generator
 doing three requests per "flow" against a route that does no work (404) - the HTTP ceiling.
 
-    .venv/bin/python benchmarks/kbs_load.py [--concurrency 16] [--seconds 10] [--evidence sample]
+    .venv/bin/python benchmarks/kbs_load.py [--concurrency 16] [--seconds 10] [--evidence sim|sample]
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -34,7 +36,16 @@ from inclavare.crypto import jwe
 from inclavare.crypto.jwk import jwk_from_public_key
 from inclavare.services.kbs.admin_auth import make_admin_token
 
-ALLOW_ALL = 'package policy\nimport rego.v1\ndefault allow := false\nallow if data.plugin == "resource"\n'
+MR_ENCLAVE = bytes.fromhex("6f" * 32)
+# The benchmark opts in to simulated evidence of one enclave measurement (the default policy denies it).
+ALLOW = ('package policy\nimport rego.v1\ndefault allow := false\n'
+         'allow if {\n  data.plugin == "resource"\n'
+         '  ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+         '  ev.sample\n}\n'
+         'allow if {\n  data.plugin == "resource"\n'
+         '  ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+         '  ev.simulated == true\n'
+         f'  ev.sgx.mr_enclave == "{MR_ENCLAVE.hex()}"\n}}\n')
 SECRET = b"benchmark secret " * 4
 
 
@@ -73,9 +84,20 @@ class Conn:
             self.writer.close()
 
 
-async def sample_flow(conn: Conn, resource: str) -> None:
+EVIDENCE: dict[str, Any] = {"tee": "sgx", "authority": None}
+
+
+def make_evidence(report_data: bytes) -> Any:
+    """Simulated SGX quote (real quote v3 format, sim root) or Trustee's sample evidence."""
+    if EVIDENCE["tee"] == "sample":
+        return {"svn": "1", "report_data": base64.b64encode(report_data).decode()}
+    quote = EVIDENCE["authority"].quote(MR_ENCLAVE, report_data.ljust(64, b"\0"))
+    return {"quote": base64.b64encode(quote).decode()}
+
+
+async def full_flow(conn: Conn, resource: str) -> None:
     status, hdrs, body = await conn.request("POST", "/kbs/v0/auth", json.dumps(
-        {"version": "0.4.0", "tee": "sample", "extra-params": {}}).encode(), {"Content-Type": "application/json"})
+        {"version": "0.4.0", "tee": EVIDENCE["tee"], "extra-params": {}}).encode(), {"Content-Type": "application/json"})
     if status != 200:
         raise RuntimeError(f"auth {status} {body[:200]!r}")
     cookie = hdrs["set-cookie"].split(";", 1)[0]
@@ -86,8 +108,7 @@ async def sample_flow(conn: Conn, resource: str) -> None:
 
     rd = hashlib.sha384(rfc8785.dumps({"tee-pubkey": pub, "nonce": nonce, "additional-evidence": ""})).digest()
     doc = {"init-data": None, "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
-           "tee-evidence": {"primary_evidence": {"svn": "1", "report_data": base64.b64encode(rd).decode()},
-                            "additional_evidence": ""}}
+           "tee-evidence": {"primary_evidence": make_evidence(rd), "additional_evidence": ""}}
     status, _, body = await conn.request("POST", "/kbs/v0/attest", json.dumps(doc).encode(),
                                          {"Content-Type": "application/json", "Cookie": cookie})
     if status != 200:
@@ -148,7 +169,9 @@ def start_server(directory: str, server_core: int | None) -> tuple[subprocess.Po
                                                serialization.PublicFormat.SubjectPublicKeyInfo))
     with open(os.path.join(directory, "kbs.toml"), "w") as fh:
         fh.write('listen = "127.0.0.1:0"\nstore = "sqlite:///kbs.db"\nadmin_public_key = "admin.pub"\n'
-                 'insecure_allow_sample_tee = true\nlog_level = "warning"\n')
+                 'insecure_allow_sample_tee = true\nlog_level = "warning"\n'
+                 '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\n'
+                 'insecure_sim_collateral = "sim/collateral.json"\n')
 
     def pin() -> None:
         if server_core is not None:
@@ -175,7 +198,7 @@ def start_server(directory: str, server_core: int | None) -> tuple[subprocess.Po
     from inclavare.crypto.b64 import b64url_encode
 
     r = httpx.post(f"http://{hostport}/kbs/v0/resource-policy", headers=headers,
-                   json={"policy": b64url_encode(ALLOW_ALL.encode())})
+                   json={"policy": b64url_encode(ALLOW.encode())})
     r.raise_for_status()
     httpx.post(f"http://{hostport}/kbs/v0/resource/bench/key/1", headers=headers, content=SECRET).raise_for_status()
     return proc, host, int(port)
@@ -185,7 +208,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--evidence", choices=["sample"], default="sample")
+    parser.add_argument("--evidence", choices=["sim", "sample"], default="sim",
+                        help="sim: simulated SGX quotes verified with the sim root (default); sample: Trustee's sample TEE")
     args = parser.parse_args()
 
     cores = sorted(os.sched_getaffinity(0))
@@ -197,16 +221,21 @@ def main() -> None:
              if server_core is not None else "single core shared by server and load generator")
     log(split)
     with tempfile.TemporaryDirectory(prefix="kbs-load-") as d:
+        from inclavare.tee.sim_authority import SimAuthority
+
+        authority = SimAuthority.load_or_create(os.path.join(d, "authority"))
+        authority.export(os.path.join(d, "sim"))
+        EVIDENCE.update(tee="sgx" if args.evidence == "sim" else "sample", authority=authority)
         proc, host, port = start_server(d, server_core)
         try:
             resource = "bench/key/1"
             log("warm-up")
-            asyncio.run(run_load(host, port, sample_flow, args.concurrency, 1.0, resource))
+            asyncio.run(run_load(host, port, full_flow, args.concurrency, 1.0, resource))
             log(f"baseline: HTTP-only flows (3 x 404) for {args.seconds:.0f} s, C={args.concurrency}")
             baseline = asyncio.run(run_load(host, port, baseline_flow, args.concurrency, args.seconds, resource))
             log(f"baseline {baseline['flows_per_s']} flows/s")
             log(f"full flows ({args.evidence} evidence) for {args.seconds:.0f} s, C={args.concurrency}")
-            result = asyncio.run(run_load(host, port, sample_flow, args.concurrency, args.seconds, resource))
+            result = asyncio.run(run_load(host, port, full_flow, args.concurrency, args.seconds, resource))
             log(f"result {result['flows_per_s']} flows/s p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms "
                 f"errors {result['errors']} {result['first_errors']}")
         finally:

@@ -66,6 +66,12 @@ configuration := 2 if input.tdx.debug == false
 # --- SEV-SNP ---
 executables := 3 if matches("snp_launch_measurement", input.snp.measurement)
 
-hardware := 2 if input.snp.tcb_status == "UpToDate"
+hardware := 2 if {
+	input.snp.tcb_status == "Verified"
+	matches("snp_reported_tcb_bootloader", input.snp.reported_tcb_bootloader)
+	matches("snp_reported_tcb_tee", input.snp.reported_tcb_tee)
+	matches("snp_reported_tcb_snp", input.snp.reported_tcb_snp)
+	matches("snp_reported_tcb_microcode", input.snp.reported_tcb_microcode)
+}
 
 configuration := 2 if input.snp.debug == false

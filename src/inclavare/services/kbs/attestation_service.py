@@ -9,6 +9,7 @@ attestation policy with the reference values in the store, and signed as an ES25
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -35,8 +36,10 @@ log = logging.getLogger("inclavare.kbs")
 DEFAULT_POLICY_ID = "default_cpu"
 _INIT_DATA_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
-# (tee, evidence, expected report data) -> (claims, simulated)
-HardwareVerifier = Callable[[str, Any, bytes], tuple[dict[str, Any], bool]]
+# (tee, evidence, expected report data, now) -> (claims, simulated)
+HardwareVerifier = Callable[[str, Any, bytes, datetime], tuple[dict[str, Any], bool]]
+# Where each hardware TEE carries the init-data digest (zero-padded or truncated to the field).
+INIT_DATA_FIELDS = {"sgx": "config_id", "tdx": "mr_config_id", "snp": "host_data"}
 
 
 def default_attestation_policy() -> str:
@@ -59,6 +62,7 @@ class BuiltinAttestationService:
         token_lifetime_s: int,
         hardware_verifier: HardwareVerifier | None,
         policies: PolicyCache,
+        hardware_tees: frozenset[str] = frozenset({"sgx", "tdx", "snp"}),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -66,6 +70,7 @@ class BuiltinAttestationService:
         self.allow_sample = allow_sample
         self.token_lifetime_s = token_lifetime_s
         self.hardware_verifier = hardware_verifier
+        self.hardware_tees = hardware_tees
         self.policies = policies
         self.clock = clock
         self._default_policy = default_attestation_policy()
@@ -79,9 +84,12 @@ class BuiltinAttestationService:
                 "the sample TEE is disabled (set insecure_allow_sample_tee = true for tests only)"
             )
         if tee in ("sgx", "tdx", "snp"):
-            return None if self.hardware_verifier is not None else (
-                f"no verifier for {tee} evidence is available in this build"
-            )
+            if self.hardware_verifier is None:
+                return f"no verifier for {tee} evidence is available in this build"
+            if tee not in self.hardware_tees:
+                return (f"nothing is configured to verify {tee} evidence (see [attestation] "
+                        "sgx_collateral, amd_ask_ark, insecure_sim_trust_anchor)")
+            return None
         return f"TEE {tee!r} is not supported by this attestation service"
 
     # --- evidence ---------------------------------------------------------------------------
@@ -97,7 +105,8 @@ class BuiltinAttestationService:
             tee_claims, simulated = verify_sample_evidence(evidence, report_data), False
         else:
             assert self.hardware_verifier is not None
-            tee_claims, simulated = self.hardware_verifier(tee, evidence, report_data)
+            at = datetime.fromtimestamp(self.clock(), timezone.utc)
+            tee_claims, simulated = self.hardware_verifier(tee, evidence, report_data, at)
         annotated: dict[str, Any] = {
             tee: tee_claims,
             "report_data": report_data.hex(),
@@ -107,6 +116,8 @@ class BuiltinAttestationService:
             annotated["simulated"] = True
         if init_data is not None:
             annotated["init_data"], annotated["init_data_claims"] = _init_data(init_data)
+            if tee in INIT_DATA_FIELDS:
+                _check_init_data_binding(tee, tee_claims, annotated["init_data"])
         appraisal = self._appraise(annotated)
         now = int(self.clock())
         claims = ear.ear_claims({"cpu0": (appraisal, annotated)}, now=now, lifetime_s=self.token_lifetime_s)
@@ -203,6 +214,18 @@ def _init_data(init: InitData) -> tuple[str, dict[str, Any]]:
         else:
             claims[key] = value
     return _INIT_DATA_HASHES[algorithm](init.body.encode()).hexdigest(), claims
+
+
+def _check_init_data_binding(tee: str, claims: Mapping[str, Any], digest_hex: str) -> None:
+    """The TEE's init-data field must hold the digest (as Trustee: padded/truncated to the field)."""
+    field = INIT_DATA_FIELDS[tee]
+    value = claims.get(field)
+    if not isinstance(value, str):
+        raise VerificationError(f"{tee} evidence carries no {field} to bind the init-data")
+    size = len(value) // 2
+    expected = bytes.fromhex(digest_hex)[:size].ljust(size, b"\0").hex()
+    if not hmac.compare_digest(value.lower(), expected):
+        raise VerificationError(f"init-data digest does not match the {tee} {field}")
 
 
 def evidence_error(exc: InclavareError) -> KbsError:

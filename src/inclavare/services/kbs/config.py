@@ -27,6 +27,8 @@ class AttestationConfig:
     insecure_sim_trust_anchor: str | None = None
     insecure_sim_collateral: str | None = None
     sgx_collateral: str | None = None
+    amd_ask_ark: tuple[str, ...] = ()
+    amd_vceks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ _TOP = {
 }
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
-    "insecure_sim_collateral": str, "sgx_collateral": str,
+    "insecure_sim_collateral": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -81,6 +83,12 @@ def _path(base: str, value: str | None) -> str | None:
     if value is None:
         return None
     return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
+def _paths(base: str, values: list[Any], key: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"[attestation] {key} must be a list of file paths")
+    return tuple(str(_path(base, v)) for v in values)
 
 
 def _store_url(base: str, url: str) -> str:
@@ -136,6 +144,8 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             insecure_sim_trust_anchor=anchor,
             insecure_sim_collateral=collateral,
             sgx_collateral=_path(base_dir, att.get("sgx_collateral")),
+            amd_ask_ark=_paths(base_dir, att.get("amd_ask_ark", []), "amd_ask_ark"),
+            amd_vceks=_paths(base_dir, att.get("amd_vceks", []), "amd_vceks"),
         ),
     )
 

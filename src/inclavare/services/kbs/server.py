@@ -20,7 +20,7 @@ from inclavare.services.kbs.admin_auth import AdminAuth, load_admin_key
 from inclavare.services.kbs.app import KbsService, create_app
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
 from inclavare.services.kbs.config import KbsConfig
-from inclavare.services.kbs.hardware_verifier import build_hardware_verifier
+from inclavare.services.kbs.hardware_verifier import build_hardware_verifier, configured_tees
 from inclavare.services.kbs.rcar import RcarHandshake
 from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
 from inclavare.services.kbs.sessions import SessionMap
@@ -71,6 +71,7 @@ def build_service(config: KbsConfig) -> KbsService:
         token_lifetime_s=config.attestation.token_lifetime_seconds,
         hardware_verifier=build_hardware_verifier(config.attestation),
         policies=policies,
+        hardware_tees=configured_tees(config.attestation),
     )
     sessions = SessionMap(config.session_timeout_seconds, config.max_sessions)
     return KbsService(
