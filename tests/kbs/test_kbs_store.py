@@ -182,14 +182,29 @@ def postgres() -> Iterator[str]:
                 proc.kill()
                 pytest.fail(f"PostgreSQL did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
             time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGINT)  # fast shutdown
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    shutil.rmtree(base, ignore_errors=True)
+        yield url
+    finally:
+        # runuser does not forward signals: stop the postmaster itself (fast shutdown).
+        pg_ctl = _pg_bin("pg_ctl")
+        stopped = pg_ctl is not None and subprocess.run(
+            run + [pg_ctl, "-D", data, "-m", "fast", "-w", "-t", "30", "stop"], capture_output=True).returncode == 0
+        if not stopped:
+            _signal_postmaster(data, signal.SIGQUIT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _signal_postmaster(data: str, sig: int) -> None:
+    try:
+        with open(os.path.join(data, "postmaster.pid")) as fh:
+            os.kill(int(fh.readline()), sig)
+    except (OSError, ValueError):
+        pass
 
 
 def test_postgres_store_contract(postgres: str) -> None:
