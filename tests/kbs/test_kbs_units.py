@@ -355,3 +355,24 @@ def test_all_errors_are_inclavare_errors() -> None:
     assert issubclass(jwe.JweError, InclavareError) and issubclass(jws.JwtError, InclavareError)
     assert issubclass(PolicyError, InclavareError)
     assert public_key_from_jwk(jwk_from_public_key(ed25519.Ed25519PrivateKey.generate().public_key()))
+
+
+def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
+    import httpx
+
+    from inclavare.services.kbs_client import KbsClient, parse_resource_uri
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/auth"):
+            return httpx.Response(200, content=b"<html>proxy</html>")
+        return httpx.Response(502, content=b"bad gateway")
+
+    client = KbsClient("http://kbs.invalid", lambda rd: ("sample", {}), tee="sample",
+                       transport=httpx.MockTransport(handler))
+    with pytest.raises(KbsError) as info:
+        client.get_token()
+    assert info.value.kind == "ProtocolError"
+    for uri in ("http:///a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:///a/b/c?x=1"):
+        with pytest.raises(KbsError):
+            parse_resource_uri(uri)
+    assert parse_resource_uri("kbs://ignored-host/default/key/1") == "default/key/1"

@@ -185,9 +185,15 @@ def _admin(args: argparse.Namespace) -> int:
             detail = resp.text
         raise KbsError(f"KBS refused {method} {path} ({resp.status_code}): {detail}")
     if args.object == "resource-policy" and args.action == "get":
-        sys.stdout.write(b64url_decode(resp.text.strip(), "policy").decode())
+        try:
+            sys.stdout.write(b64url_decode(resp.text.strip(), "policy").decode())
+        except UnicodeDecodeError as exc:
+            raise KbsError("the KBS returned a policy that is not UTF-8") from exc
     elif method == "GET":
-        print(json.dumps(resp.json(), indent=2))
+        try:
+            print(json.dumps(resp.json(), indent=2))
+        except ValueError as exc:
+            raise KbsError(f"KBS answered {path} with a body that is not JSON") from exc
     else:
         print(f"ok: {method} {path}")
     return 0

@@ -79,7 +79,8 @@ class KbsClient:
         challenge = self._post("/auth", {
             "version": PROTOCOL_VERSION, "tee": probe_tee,
             "extra-params": {"supported-hash-algorithms": SUPPORTED_HASHES},
-        }).json()
+        })
+        challenge = _json_body(challenge, "/auth")
         nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
         if not isinstance(nonce, str):
             raise KbsError("KBS challenge has no nonce", kind="ProtocolError", status=0)
@@ -95,7 +96,8 @@ class KbsClient:
             "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
             "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
         })
-        token = resp.json().get("token")
+        body = _json_body(resp, "/attest")
+        token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str):
             raise KbsError("KBS attest response has no token", kind="ProtocolError", status=0)
         self._key, self._token = key, token
@@ -122,9 +124,17 @@ class KbsClient:
             raise KbsError(f"cannot reach KBS at {self.base}: {exc}", kind="Unreachable", status=0) from exc
         _raise_for_error(resp, f"/resource/{path}")
         try:
-            return jwe.decrypt(self._key, resp.json())
-        except (ValueError, jwe.JweError) as exc:
+            return jwe.decrypt(self._key, _json_body(resp, f"/resource/{path}"))
+        except jwe.JweError as exc:
             raise KbsError(f"cannot decrypt resource {path}: {exc}", kind="JweError", status=0) from exc
+
+
+def _json_body(resp: httpx.Response, path: str) -> Any:
+    try:
+        return resp.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KbsError(f"KBS {path} answered 200 with a body that is not JSON", kind="ProtocolError",
+                       status=resp.status_code) from exc
 
 
 def _raise_for_error(resp: httpx.Response, path: str) -> None:
