@@ -96,5 +96,7 @@ def ear_claims(
     }
 
 
-def sign_ear(claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey) -> str:
-    return jws.sign(claims, key, {"jwk": jwk_from_public_key(key.public_key())})
+def sign_ear(claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey,
+             public_jwk: Mapping[str, str] | None = None) -> str:
+    """Sign with ``key``; the header carries its public JWK (pass it in to skip recomputing)."""
+    return jws.sign(claims, key, {"jwk": dict(public_jwk or jwk_from_public_key(key.public_key()))})

@@ -88,12 +88,17 @@ class PolicyCache:
     def __init__(self, limit: int = 256) -> None:
         self._limit = limit
         self._entries: OrderedDict[str, RegoPolicy] = OrderedDict()
+        self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def get(self, source: str, rule: str, data: Mapping[str, Any] | None = None) -> RegoPolicy:
-        key = hashlib.sha256(
-            json.dumps([source, rule, data or {}], sort_keys=True).encode()
-        ).hexdigest()
+        digest = self._digests.get(source)
+        if digest is None:
+            digest = hashlib.sha256(source.encode()).hexdigest()
+            if len(self._digests) >= self._limit:
+                self._digests.clear()
+            self._digests[source] = digest
+        key = digest + rule + json.dumps(data or {}, sort_keys=True, separators=(",", ":"))
         with self._lock:
             found = self._entries.get(key)
             if found is not None:

@@ -23,10 +23,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from inclavare.crypto.b64 import b64url_decode
+from inclavare.crypto.jwk import jwk_from_public_key
 from inclavare.errors import FormatError, InclavareError, KbsError, VerificationError
 from inclavare.policy import ear
 from inclavare.policy.reference_values import active_values, check_name, parse_message
-from inclavare.policy.rego_policy import PolicyCache, PolicyError
+from inclavare.policy.rego_policy import PolicyCache, PolicyError, RegoPolicy
 from inclavare.policy.rego_probe import probe_policy
 from inclavare.services.kbs.protocol import InitData, expected_report_data, runtime_data_digest
 from inclavare.services.kbs.sample_tee import verify_sample_evidence
@@ -67,6 +68,7 @@ class BuiltinAttestationService:
     ) -> None:
         self.store = store
         self.signing_key = signing_key
+        self._signing_jwk = jwk_from_public_key(signing_key.public_key())
         self.allow_sample = allow_sample
         self.token_lifetime_s = token_lifetime_s
         self.hardware_verifier = hardware_verifier
@@ -74,7 +76,7 @@ class BuiltinAttestationService:
         self.policies = policies
         self.clock = clock
         self._default_policy = default_attestation_policy()
-        self._rv_cache: tuple[int, dict[str, Any], str] | None = None
+        self._rv_cache: tuple[int, RegoPolicy] | None = None
         self._rv_lock = threading.Lock()
 
     def supports(self, tee: str) -> str | None:
@@ -121,7 +123,7 @@ class BuiltinAttestationService:
         appraisal = self._appraise(annotated)
         now = int(self.clock())
         claims = ear.ear_claims({"cpu0": (appraisal, annotated)}, now=now, lifetime_s=self.token_lifetime_s)
-        return AttestationResult(ear.sign_ear(claims, self.signing_key), claims)
+        return AttestationResult(ear.sign_ear(claims, self.signing_key, self._signing_jwk), claims)
 
     def _appraise(self, annotated: Mapping[str, Any]) -> ear.Appraisal:
         generation = self.store.generation()
@@ -131,12 +133,10 @@ class BuiltinAttestationService:
             now = datetime.fromtimestamp(self.clock(), timezone.utc)
             rvs = active_values(self.store.reference_values(), now=now)
             source = self.store.get_policy(DEFAULT_POLICY_ID) or self._default_policy
-            cached = (generation, rvs, source)
+            cached = (generation, self.policies.get(source, "", {"reference": rvs}))
             with self._rv_lock:
                 self._rv_cache = cached
-        _, rvs, source = cached
-        policy = self.policies.get(source, "", {"reference": rvs})
-        return ear.appraisal_from_policy_output(policy.evaluate(annotated), DEFAULT_POLICY_ID)
+        return ear.appraisal_from_policy_output(cached[1].evaluate(annotated), DEFAULT_POLICY_ID)
 
     # --- admin ------------------------------------------------------------------------------
     def set_policy(self, body: bytes) -> str:
