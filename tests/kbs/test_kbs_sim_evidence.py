@@ -191,3 +191,11 @@ def test_reference_values_make_sim_sgx_affirming(make_kbs, authority, tmp_path) 
     with KbsClient(server.url, _attester(authority), tee="sgx") as client:
         cpu0 = _claims(client.get_token())["submods"]["cpu0"]
     assert cpu0["ear.status"] == "affirming" and cpu0["ear.trustworthiness-vector"]["executables"] == 3
+
+
+def test_sim_warning_is_logged_at_every_start(make_kbs, authority, tmp_path) -> None:
+    _exported(authority, str(tmp_path))
+    for _ in range(2):
+        server = make_kbs(SIM_CONFIG, sample=False, directory=str(tmp_path))
+        assert "SIMULATED" in server.stderr() and "NOT a TEE" in server.stderr()
+        server.stop()
