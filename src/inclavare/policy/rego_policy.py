@@ -1,0 +1,120 @@
+"""Rego policies compiled once and evaluated many times (regopy / rego-cpp).
+
+A fresh interpreter costs ~4 ms per request; a compiled bundle ~0.1 ms. regopy bakes ``data``
+into the bundle at build time (data added later is ignored), and rego-cpp 1.5.2 aborts the
+whole process on ``with`` over rules that reference other rules, so per-request data is never
+rebound: one bundle is compiled per distinct ``data`` document and kept in a bounded LRU cache
+(``PolicyCache``). The policy sees Trustee's layout unchanged (``input`` = claims, ``data.plugin``).
+
+regopy reports a ``false`` result as *undefined*; the query binds the rule to a variable so the
+two are told apart, and undefined always means deny.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from inclavare.errors import InclavareError
+
+PACKAGE = "policy"
+MAX_POLICY_BYTES = 256 * 1024
+_PACKAGE_DECL = re.compile(r"^\s*package\s+policy\s*$", re.MULTILINE)
+
+
+class PolicyError(InclavareError):
+    """A policy could not be compiled or evaluated (syntax error, wrong package, runtime error)."""
+
+
+class RegoPolicy:
+    """One compiled module of ``package policy`` with a fixed ``data`` document; thread-safe."""
+
+    def __init__(self, source: str, rule: str, data: Mapping[str, Any] | None = None) -> None:
+        import regopy
+
+        if len(source.encode()) > MAX_POLICY_BYTES:
+            raise PolicyError(f"policy is larger than {MAX_POLICY_BYTES} bytes")
+        if not _PACKAGE_DECL.search(source):
+            raise PolicyError("policy must declare 'package policy'")
+        self.source = source
+        self.rule = rule
+        target = f"data.{PACKAGE}" + (f".{rule}" if rule else "")
+        self._lock = threading.Lock()
+        self._interp = regopy.Interpreter()
+        try:
+            self._interp.add_module("policy.rego", source)
+            if data:
+                self._interp.add_data_json(json.dumps(data))
+            self._bundle = self._interp.build(f"result := {target}", [])
+        except regopy.RegoError as exc:
+            raise PolicyError(f"policy does not compile: {_first_line(str(exc))}") from exc
+        if not self._bundle.ok():
+            raise PolicyError(f"policy does not compile: {_first_line(str(self._bundle.node))}")
+
+    def evaluate(self, input_doc: Mapping[str, Any]) -> Any:
+        """The value of the rule, or ``None`` when undefined. Errors raise ``PolicyError``."""
+        import regopy
+
+        with self._lock:
+            try:
+                self._interp.set_input(input_doc)
+                out = self._interp.query_bundle(self._bundle)
+            except regopy.RegoError as exc:
+                raise PolicyError(f"policy evaluation failed: {_first_line(str(exc))}") from exc
+            text = str(out)
+            ok = out.ok()
+        if text.strip() == "undefined":
+            return None
+        if not ok:
+            raise PolicyError(f"policy evaluation failed: {_first_line(text)}")
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise PolicyError("policy evaluation returned unreadable output") from exc
+        bindings = parsed.get("bindings") if isinstance(parsed, dict) else None
+        if not isinstance(bindings, dict) or "result" not in bindings:
+            return None
+        return bindings["result"]
+
+
+class PolicyCache:
+    """Compiled policies by (source, rule, data); LRU-bounded so varied requests can't grow it."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[str, RegoPolicy] = OrderedDict()
+        self._digests: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, source: str, rule: str, data: Mapping[str, Any] | None = None) -> RegoPolicy:
+        digest = self._digests.get(source)
+        if digest is None:
+            digest = hashlib.sha256(source.encode()).hexdigest()
+            if len(self._digests) >= self._limit:
+                self._digests.clear()
+            self._digests[source] = digest
+        key = digest + rule + json.dumps(data or {}, sort_keys=True, separators=(",", ":"))
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        policy = RegoPolicy(source, rule, data)
+        with self._lock:
+            self._entries[key] = policy
+            while len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+        return policy
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " ".join(lines[:3])[:300] if lines else "unknown error"

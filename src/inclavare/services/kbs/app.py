@@ -1,0 +1,287 @@
+"""The KBS HTTP API (Starlette): Trustee's ``/kbs/v0/<plugin>/...`` surface and error bodies.
+
+Every route is declared in ``ROUTES`` with its access class (public, session, attested, admin);
+the dispatcher enforces the class before the handler runs, so an admin route cannot forget its
+check. Unknown plugin or method -> 404 ``PluginNotFound``; bad resource path -> 404
+``InvalidRequestPath``; everything else a client can get wrong -> 401 with Trustee's error type,
+bodies over the payload limit -> 413. Unexpected failures -> 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from inclavare.crypto import jwe
+from inclavare.errors import InclavareError, KbsError, StoreError
+from inclavare.services.kbs.admin_auth import AdminAuth
+from inclavare.services.kbs.attestation_service import BuiltinAttestationService
+from inclavare.services.kbs.metrics import Metrics
+from inclavare.services.kbs.protocol import KBS_PREFIX, SESSION_COOKIE, error_body
+from inclavare.services.kbs.rcar import RcarHandshake
+from inclavare.services.kbs.resource_path import parse_resource_path
+from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
+from inclavare.services.kbs.sessions import Session
+from inclavare.services.kbs.store import KbsStore
+from inclavare.services.kbs.token_verifier import TokenVerifier, tee_public_key
+
+log = logging.getLogger("inclavare.kbs")
+JSON = "application/json"
+
+
+@dataclass
+class KbsService:
+    """Everything a request handler needs; built by ``server.build_service``."""
+
+    store: KbsStore
+    rcar: RcarHandshake
+    attestation: BuiltinAttestationService
+    resource_policy: ResourcePolicyEngine
+    tokens: TokenVerifier
+    admin: AdminAuth
+    payload_limit: int
+    session_timeout_s: float
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+@dataclass(frozen=True)
+class Call:
+    request: Request
+    rest: str  # path after the plugin segment, without leading slash (raw, not percent-decoded)
+    query: dict[str, str]
+    service: KbsService
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    plugin: str
+    method: str
+    handler: Handler
+    access: str  # "public" | "session" | "attested" | "admin"
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _json(doc: Any, status: int = 200, cookie: Session | None = None) -> Response:
+    resp = Response(json.dumps(doc, separators=(",", ":")), status_code=status, media_type=JSON)
+    if cookie is not None:
+        expires = formatdate(cookie.expires, usegmt=True)
+        resp.headers.append("set-cookie", f"{SESSION_COOKIE}={cookie.id}; Expires={expires}; Path=/kbs")
+    return resp
+
+
+def error_response(exc: KbsError) -> Response:
+    return _json(error_body(exc.kind, str(exc)), status=exc.status)
+
+
+async def read_body(call: Call) -> bytes:
+    limit = call.service.payload_limit
+    declared = call.request.headers.get("content-length")
+    too_large = KbsError(f"request body exceeds the payload limit of {limit} bytes",
+                         kind="PayloadTooLarge", status=413)
+    if declared is not None:
+        if not declared.isdigit():
+            raise KbsError("invalid Content-Length", kind="InvalidRequest", status=400)
+        if int(declared) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in call.request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- handlers -----------------------------------------------------------------------------------
+async def handle_auth(call: Call) -> Response:
+    metrics = call.service.metrics
+    metrics.inc("kbs_auth_requests_total")
+    try:
+        session, challenge = call.service.rcar.auth(await read_body(call))
+    except KbsError:
+        metrics.inc("kbs_auth_errors_total")
+        raise
+    metrics.inc("kbs_auth_successes_total")
+    return _json(challenge, cookie=session)
+
+
+async def handle_attest(call: Call) -> Response:
+    metrics = call.service.metrics
+    metrics.inc("kbs_attestation_requests_total")
+    body = await read_body(call)
+    sid = call.request.cookies.get(SESSION_COOKIE)
+    known = call.service.rcar.sessions.get(sid)
+    tee = known.tee if known is not None else "unknown"
+    try:
+        session = call.service.rcar.attest(sid, body)
+    except KbsError:
+        metrics.inc("kbs_attestation_failures_total", tee_type=tee)
+        raise
+    metrics.inc("kbs_attestation_successes_total", tee_type=tee)
+    return _json({"token": session.token}, cookie=session)
+
+
+def _token_claims(call: Call) -> tuple[dict[str, Any], Any]:
+    session = call.service.rcar.sessions.get(call.request.cookies.get(SESSION_COOKIE))
+    if session is not None and session.attested and session.claims is not None:
+        return session.claims, session.tee_key
+    auth = call.request.headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        raise KbsError("Attestation Token not found", kind="TokenNotFound")
+    claims = call.service.tokens.verify(auth[7:].strip())
+    return claims, tee_public_key(claims)
+
+
+async def get_resource(call: Call) -> Response:
+    path = parse_resource_path(call.rest)
+    claims, tee_key = _token_claims(call)
+    metrics = call.service.metrics
+    metrics.inc("kbs_policy_evals_total")
+    try:
+        call.service.resource_policy.check(claims, "resource", path.segments(), call.query)
+    except KbsError as exc:
+        metrics.inc("kbs_policy_violations_total" if exc.kind == "PolicyDeny" else "kbs_policy_errors_total")
+        raise
+    metrics.inc("kbs_policy_approvals_total")
+    data = call.service.store.get_resource(str(path))
+    if data is None:
+        raise KbsError(f"Plugin internal error: resource {path} not found", kind="PluginInternalError")
+    try:
+        return _json(jwe.encrypt(tee_key, data))
+    except jwe.JweError as exc:
+        raise KbsError(f"JWE failed: {exc}", kind="JweError") from exc
+
+
+async def set_resource(call: Call) -> Response:
+    path = parse_resource_path(call.rest)
+    body = await read_body(call)
+    call.service.store.put_resource(str(path), body)
+    log.info("resource %s set (%d bytes)", path, len(body))
+    return Response(status_code=200)
+
+
+async def delete_resource(call: Call) -> Response:
+    path = parse_resource_path(call.rest)
+    if not call.service.store.delete_resource(str(path)):
+        raise KbsError(f"Plugin internal error: resource {path} not found", kind="PluginInternalError")
+    log.info("resource %s deleted", path)
+    return Response(status_code=200)
+
+
+async def set_attestation_policy(call: Call) -> Response:
+    call.service.attestation.set_policy(await read_body(call))
+    return Response(status_code=200)
+
+
+async def set_resource_policy(call: Call) -> Response:
+    call.service.resource_policy.set_policy(await read_body(call))
+    return Response(status_code=200)
+
+
+async def get_resource_policy(call: Call) -> Response:
+    return Response(call.service.resource_policy.get_policy(), media_type="text/plain")
+
+
+async def set_reference_value(call: Call) -> Response:
+    names = call.service.attestation.register_reference_values(await read_body(call))
+    return _json({"registered": names})
+
+
+async def get_reference_value(call: Call) -> Response:
+    values = call.service.attestation.reference_values()
+    if not call.rest:
+        return _json(values)
+    if call.rest not in values:
+        raise KbsError(
+            f"RVPS configuration failed: Failed to get reference_values: {call.rest[:128]} not found",
+            kind="RvpsError",
+        )
+    return _json(values[call.rest])
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("auth", "POST", handle_auth, "public"),
+    Route("attest", "POST", handle_attest, "session"),
+    Route("resource", "GET", get_resource, "attested"),
+    Route("resource", "POST", set_resource, "admin"),
+    Route("resource", "DELETE", delete_resource, "admin"),
+    Route("attestation-policy", "POST", set_attestation_policy, "admin"),
+    Route("resource-policy", "POST", set_resource_policy, "admin"),
+    Route("resource-policy", "GET", get_resource_policy, "admin"),
+    Route("reference-value", "POST", set_reference_value, "admin"),
+    Route("reference-value", "GET", get_reference_value, "admin"),
+)
+_TABLE = {(r.plugin, r.method): r for r in ROUTES}
+_PLUGINS = {r.plugin for r in ROUTES}
+
+
+def _split(request: Request) -> tuple[str, str]:
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    try:
+        text = raw.decode("ascii").split("?", 1)[0]
+    except UnicodeDecodeError as exc:
+        raise KbsError("Request path is invalid", kind="InvalidRequestPath", status=404) from exc
+    rest = text[len(KBS_PREFIX) + 1:] if text.startswith(KBS_PREFIX + "/") else ""
+    plugin, _, tail = rest.partition("/")
+    return plugin, tail
+
+
+def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Response]]:
+    async def dispatch(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            plugin, rest = _split(request)
+            route = _TABLE.get((plugin, request.method))
+            if route is None:
+                if not plugin:
+                    raise KbsError("Request path is invalid", kind="InvalidRequestPath", status=404)
+                raise KbsError(f"Plugin {plugin[:64]} not found", kind="PluginNotFound", status=404)
+            if route.access == "admin":
+                service.admin.check(request.headers.get("authorization"), f"{KBS_PREFIX}/{plugin}")
+            query = dict(parse_qsl(request.url.query, keep_blank_values=True))
+            return await route.handler(Call(request, rest, query, service))
+        except KbsError as exc:
+            return error_response(exc)
+        except StoreError as exc:
+            log.error("store failure: %s", exc)
+            return _json(error_body("StorageError", "storage backend failure; nothing was changed"), 503)
+        except InclavareError as exc:
+            return _json(error_body("InvalidRequest", str(exc)), 401)
+        except Exception:  # a bug: log it, never leak a traceback to the client
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            return _json(error_body("InternalError", "internal error (see the server log)"), 500)
+        finally:
+            elapsed = time.perf_counter() - started
+            service.metrics.inc("kbs_http_requests_total")
+            service.metrics.observe(elapsed)
+            log.debug("%s %s %.2f ms", request.method, request.url.path, elapsed * 1000)
+
+    return dispatch
+
+
+def create_app(service: KbsService) -> Starlette:
+    methods = sorted({r.method for r in ROUTES} | {"PUT", "PATCH"})
+    dispatch = make_dispatcher(service)
+    async def metrics(_request: Request) -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[
+        StarletteRoute(KBS_PREFIX + "/{path:path}", dispatch, methods=methods),
+        StarletteRoute(KBS_PREFIX, dispatch, methods=methods),
+        StarletteRoute("/metrics", metrics, methods=["GET"]),
+    ])

@@ -1,0 +1,161 @@
+"""``inclavare kbs serve`` configuration (TOML), typed and strict.
+
+Unknown keys are errors; dangerous switches are named ``insecure_*``; relative paths are
+resolved against the configuration file's directory. Every key is documented in docs/kbs.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inclavare.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_SESSION_TIMEOUT_S = 300.0
+DEFAULT_PAYLOAD_LIMIT = 2 * 1024 * 1024
+DEFAULT_TOKEN_LIFETIME_S = 300
+
+
+@dataclass(frozen=True)
+class AttestationConfig:
+    token_signing_key: str | None = None
+    token_lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME_S
+    insecure_sim_trust_anchor: str | None = None
+    insecure_sim_collateral: str | None = None
+    sgx_collateral: str | None = None
+    amd_ask_ark: tuple[str, ...] = ()
+    amd_vceks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KbsConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    store: str = "sqlite:////var/lib/inclavare/kbs.db"
+    admin_public_key: str | None = None
+    insecure_allow_sample_tee: bool = False
+    session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_S
+    payload_limit_bytes: int = DEFAULT_PAYLOAD_LIMIT
+    max_sessions: int = 100_000
+    log_level: str = "info"
+    attestation: AttestationConfig = AttestationConfig()
+
+
+_TOP = {
+    "listen": str, "store": str, "admin_public_key": str, "insecure_allow_sample_tee": bool,
+    "session_timeout_seconds": (int, float), "payload_limit_bytes": int, "max_sessions": int,
+    "log_level": str, "attestation": dict,
+}
+_ATTESTATION = {
+    "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
+    "insecure_sim_collateral": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_keys(table: Mapping[str, Any], schema: Mapping[str, Any], where: str) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(schema))})")
+        expected = schema[key]
+        if isinstance(value, bool) and expected is not bool and bool not in (
+            expected if isinstance(expected, tuple) else (expected,)
+        ):
+            raise ConfigError(f"{where}: {key} must not be a boolean")
+        if not isinstance(value, expected):
+            names = expected.__name__ if isinstance(expected, type) else "number"
+            raise ConfigError(f"{where}: {key} must be a {names}, got {type(value).__name__}")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port_s = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(f"listen must be HOST:PORT (port 0-65535), got {text!r}")
+    return host, int(port_s)
+
+
+def _path(base: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
+def _paths(base: str, values: list[Any], key: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"[attestation] {key} must be a list of file paths")
+    return tuple(str(_path(base, v)) for v in values)
+
+
+def _store_url(base: str, url: str) -> str:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise ConfigError("store: sqlite URL needs a path, e.g. sqlite:////var/lib/inclavare/kbs.db (absolute) or sqlite:///kbs.db (next to the config)")
+        return "sqlite:///" + str(_path(base, path))
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise ConfigError(f"store must be sqlite:///PATH or postgresql://..., got {url!r}")
+
+
+def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
+    _check_keys(doc, _TOP, "kbs config")
+    att = doc.get("attestation", {})
+    _check_keys(att, _ATTESTATION, "kbs config [attestation]")
+    host, port = parse_listen(doc.get("listen", DEFAULT_LISTEN))
+    timeout = float(doc.get("session_timeout_seconds", DEFAULT_SESSION_TIMEOUT_S))
+    if not 0 < timeout <= 86400:
+        raise ConfigError("session_timeout_seconds must be in (0, 86400]")
+    limit = int(doc.get("payload_limit_bytes", DEFAULT_PAYLOAD_LIMIT))
+    if not 1024 <= limit <= 1024 * 1024 * 1024:
+        raise ConfigError("payload_limit_bytes must be between 1 KiB and 1 GiB")
+    max_sessions = int(doc.get("max_sessions", 100_000))
+    if max_sessions < 1:
+        raise ConfigError("max_sessions must be at least 1")
+    level = doc.get("log_level", "info")
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    lifetime = int(att.get("token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME_S))
+    if not 1 <= lifetime <= 86400:
+        raise ConfigError("[attestation] token_lifetime_seconds must be in [1, 86400]")
+    anchor = _path(base_dir, att.get("insecure_sim_trust_anchor"))
+    collateral = _path(base_dir, att.get("insecure_sim_collateral"))
+    if (anchor is None) != (collateral is None):
+        raise ConfigError(
+            "[attestation] insecure_sim_trust_anchor and insecure_sim_collateral go together"
+        )
+    return KbsConfig(
+        listen_host=host,
+        listen_port=port,
+        store=_store_url(base_dir, doc.get("store", KbsConfig.store)),
+        admin_public_key=_path(base_dir, doc.get("admin_public_key")),
+        insecure_allow_sample_tee=bool(doc.get("insecure_allow_sample_tee", False)),
+        session_timeout_seconds=timeout,
+        payload_limit_bytes=limit,
+        max_sessions=max_sessions,
+        log_level=level,
+        attestation=AttestationConfig(
+            token_signing_key=_path(base_dir, att.get("token_signing_key")),
+            token_lifetime_seconds=lifetime,
+            insecure_sim_trust_anchor=anchor,
+            insecure_sim_collateral=collateral,
+            sgx_collateral=_path(base_dir, att.get("sgx_collateral")),
+            amd_ask_ark=_paths(base_dir, att.get("amd_ask_ark", []), "amd_ask_ark"),
+            amd_vceks=_paths(base_dir, att.get("amd_vceks", []), "amd_vceks"),
+        ),
+    )
+
+
+def load_config(path: str) -> KbsConfig:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read kbs config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"kbs config {path} is not valid TOML: {exc}") from exc
+    return parse_config(doc, os.path.dirname(os.path.abspath(path)))

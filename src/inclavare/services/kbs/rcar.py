@@ -1,0 +1,77 @@
+"""The RCAR handshake (Request-Challenge-Attestation-Response) of KBS protocol 0.4.0.
+
+``/auth`` opens a session bound to a fresh 32-byte nonce; ``/attest`` accepts evidence only if
+its runtime data carries that nonce and the TEE report data is bound to (nonce, TEE key), so
+evidence replayed on another session or bound to another key fails. A second ``/attest`` on an
+attested session returns the same token, as Trustee does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from inclavare.crypto.jwe import check_recipient_jwk
+from inclavare.errors import FormatError, InclavareError, KbsError
+from inclavare.services.kbs.attestation_service import BuiltinAttestationService, evidence_error
+from inclavare.services.kbs.protocol import (
+    attest_error,
+    auth_error,
+    make_nonce,
+    parse_attestation,
+    parse_request,
+    runtime_data,
+)
+from inclavare.services.kbs.sessions import Session, SessionMap
+from inclavare.services.kbs.token_verifier import tee_public_key
+
+log = logging.getLogger("inclavare.kbs")
+
+
+class RcarHandshake:
+    def __init__(self, sessions: SessionMap, attestation: BuiltinAttestationService) -> None:
+        self.sessions = sessions
+        self.attestation = attestation
+
+    def auth(self, body: bytes) -> tuple[Session, dict[str, Any]]:
+        request = parse_request(body)
+        reason = self.attestation.supports(request.tee)
+        if reason is not None:
+            raise auth_error(reason)
+        session = self.sessions.create(request.tee, make_nonce())
+        return session, {"nonce": session.nonce, "extra-params": ""}
+
+    def attest(self, session_id: str | None, body: bytes) -> Session:
+        if not session_id:
+            raise attest_error("cookie not found")
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise attest_error("session not found or expired; start again with /auth")
+        if session.attested:
+            return session
+        attestation = parse_attestation(body)
+        if not hmac.compare_digest(attestation.nonce.encode(), session.nonce.encode()):
+            raise attest_error(
+                "the nonce in the handshake session is different from the client side in "
+                "KBS protocol's Attestation message"
+            )
+        try:
+            check_recipient_jwk(attestation.tee_pubkey)
+        except FormatError as exc:
+            raise attest_error(f"invalid tee-pubkey: {exc}") from exc
+        if attestation.additional_evidence:
+            raise attest_error("additional (device) evidence is not supported by this KBS")
+        rd = runtime_data(attestation.tee_pubkey, attestation.nonce, attestation.additional_evidence)
+        try:
+            result = self.attestation.verify_and_appraise(
+                session.tee, attestation.primary_evidence, rd, attestation.init_data
+            )
+        except KbsError:
+            raise
+        except InclavareError as exc:
+            log.info("attestation failed for session %s (%s): %s", session.id[:8], session.tee, exc)
+            raise evidence_error(exc) from exc
+        session.token, session.claims = result.token, result.claims
+        session.tee_key = tee_public_key(result.claims)
+        return session

@@ -1,0 +1,123 @@
+"""Run the KBS: build the service from a ``KbsConfig`` and serve it with uvicorn.
+
+The listening socket is bound before uvicorn starts so ``listen = "127.0.0.1:0"`` works; the
+actual address is printed as ``inclavare kbs: listening on http://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from inclavare.errors import ConfigError
+from inclavare.policy.rego_policy import PolicyCache
+from inclavare.services.kbs.admin_auth import AdminAuth, load_admin_key
+from inclavare.services.kbs.app import KbsService, create_app
+from inclavare.services.kbs.attestation_service import BuiltinAttestationService
+from inclavare.services.kbs.config import KbsConfig
+from inclavare.services.kbs.hardware_verifier import build_hardware_verifier, configured_tees
+from inclavare.services.kbs.rcar import RcarHandshake
+from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
+from inclavare.services.kbs.sessions import SessionMap
+from inclavare.services.kbs.store import open_store
+from inclavare.services.kbs.token_verifier import TokenVerifier
+
+log = logging.getLogger("inclavare.kbs")
+
+
+def load_token_key(path: str | None) -> ec.EllipticCurvePrivateKey:
+    if path is None:
+        log.info("attestation tokens signed with a per-process key (set [attestation] "
+                 "token_signing_key so tokens survive restarts and work across replicas)")
+        return ec.generate_private_key(ec.SECP256R1())
+    try:
+        with open(path, "rb") as fh:
+            key = load_pem_private_key(fh.read(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read token_signing_key {path}: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"token_signing_key {path} is not an unencrypted PEM private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError(f"token_signing_key {path} must be a P-256 (ES256) private key")
+    return key
+
+
+def warn_insecure(config: KbsConfig) -> None:
+    if config.insecure_allow_sample_tee:
+        log.warning("INSECURE: insecure_allow_sample_tee = true: the 'sample' TEE (no hardware, "
+                    "no security) is accepted for attestation. Never use this in production.")
+    if config.attestation.insecure_sim_trust_anchor:
+        log.warning("INSECURE: insecure_sim_trust_anchor is set: quotes signed by the SIMULATED TEE "
+                    "root %s are accepted. This is NOT a TEE and protects nothing; tokens mark such "
+                    "evidence \"simulated\": true.", config.attestation.insecure_sim_trust_anchor)
+    if config.admin_public_key is None:
+        log.warning("no admin_public_key configured: every admin endpoint is denied")
+
+
+def build_service(config: KbsConfig) -> KbsService:
+    admin_key = load_admin_key(config.admin_public_key) if config.admin_public_key else None
+    token_key = load_token_key(config.attestation.token_signing_key)
+    store = open_store(config.store)
+    policies = PolicyCache()
+    attestation = BuiltinAttestationService(
+        store,
+        token_key,
+        allow_sample=config.insecure_allow_sample_tee,
+        token_lifetime_s=config.attestation.token_lifetime_seconds,
+        hardware_verifier=build_hardware_verifier(config.attestation),
+        policies=policies,
+        hardware_tees=configured_tees(config.attestation),
+    )
+    sessions = SessionMap(config.session_timeout_seconds, config.max_sessions)
+    return KbsService(
+        store=store,
+        rcar=RcarHandshake(sessions, attestation),
+        attestation=attestation,
+        resource_policy=ResourcePolicyEngine(store, policies),
+        tokens=TokenVerifier(token_key.public_key()),
+        admin=AdminAuth(admin_key),
+        payload_limit=config.payload_limit_bytes,
+        session_timeout_s=config.session_timeout_seconds,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: KbsConfig) -> None:
+    import uvicorn
+
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    warn_insecure(config)
+    service = build_service(config)
+    sock = bind(config.listen_host, config.listen_port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"inclavare kbs: listening on http://{shown}:{port}", flush=True)
+    server_config: Any = uvicorn.Config(
+        create_app(service), log_level=config.log_level if config.log_level != "info" else "warning",
+        access_log=False, lifespan="off", server_header=False, timeout_keep_alive=30,
+    )
+    try:
+        uvicorn.Server(server_config).run(sockets=[sock])
+    finally:
+        service.store.close()

@@ -1,0 +1,58 @@
+"""SQLite backend of the KBS store: WAL journal, ``synchronous=FULL``, one connection under a lock."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from inclavare.errors import StoreError
+from inclavare.services.kbs.store import KbsStore
+
+
+class SqliteStore(KbsStore):
+    placeholder = "?"
+    blob_type = "BLOB"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
+        self._init_schema()
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield cur
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(cur)
+                raise StoreError(f"SQLite store error: {exc}") from exc
+            except BaseException:
+                self._rollback(cur)
+                raise
+            finally:
+                cur.close()
+
+    @staticmethod
+    def _rollback(cur: sqlite3.Cursor) -> None:
+        try:
+            cur.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
