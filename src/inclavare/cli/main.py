@@ -20,6 +20,8 @@ from inclavare.errors import InclavareError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.install_cmd",
     "inclavare.cli.demo_cmd",
+    "inclavare.cli.verify_cmd",
+    "inclavare.cli.sim_cmd",
 )
 
 

@@ -162,7 +162,8 @@ def verify_p256_sha256(spki: bytes, message: bytes, raw_signature: bytes) -> Non
     if key_alg != _P256:
         raise SignatureError("signing key is not an ECDSA P-256 key")
     key = _load_spki(spki, _ALGORITHMS[0], key_bits)
-    assert isinstance(key, ec.EllipticCurvePublicKey)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SignatureError("signing key is not an ECDSA key")
     try:
         key.verify(raw_ecdsa_to_der(raw_signature), message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:

@@ -187,9 +187,9 @@ class SimAuthority:
                         start + dt.timedelta(days=365 * 10))
         tcb = issue_tcb_signing(tcb_key.public_key(), root, root_key, start,
                                 start + dt.timedelta(days=365 * 10))
-        for filename, key in zip(_KEY_FILES, (root_key, ca_key, pck_key, tcb_key, att_key)):
+        for filename, key in zip(_KEY_FILES, (root_key, ca_key, pck_key, tcb_key, att_key), strict=True):
             write_atomic(os.path.join(state_dir, filename), _key_pem(key))
-        for filename, cert in zip(_CERT_FILES, (root, ca, pck, tcb)):
+        for filename, cert in zip(_CERT_FILES, (root, ca, pck, tcb), strict=True):
             write_atomic(os.path.join(state_dir, filename), cert.public_bytes(Encoding.PEM))
         write_atomic(os.path.join(state_dir, "authority.json"), identity.to_json().encode())
 
