@@ -7,13 +7,13 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata_paths import vector
 
 from inclavare.errors import FormatError
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.qe_identity import parse_qe_identity
 from inclavare.formats.rfc3339 import parse_rfc3339
 from inclavare.formats.tcb_info import TcbStatus, parse_tcb_info
-from testdata_paths import vector
 
 FILES = ("sgx_quote_collateral.json", "tdx_quote_collateral.json", "tdx_quote_outdated_collateral.json")
 

@@ -8,10 +8,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata_paths import vector
 
 from inclavare.errors import FormatError
 from inclavare.formats.evidence import load_evidence
-from testdata_paths import vector
 
 
 @pytest.mark.parametrize("name,tee", [("sgx_quote", "sgx"), ("tdx_quote", "tdx"), ("tdx_quote_outdated", "tdx")])

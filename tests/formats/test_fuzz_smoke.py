@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from testdata_paths import TESTDATA
 
 HARNESS = Path(__file__).with_name("fuzz_targets.py")

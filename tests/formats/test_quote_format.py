@@ -8,6 +8,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata_paths import vector
 
 from inclavare.errors import FormatError
 from inclavare.formats.quote import (
@@ -19,7 +20,6 @@ from inclavare.formats.quote import (
     parse_quote,
 )
 from inclavare.formats.report_body import EnclaveReport, TdReport10, TdReport15
-from testdata_paths import vector
 
 QUOTES = ("sgx_quote", "tdx_quote", "tdx_quote_outdated")
 

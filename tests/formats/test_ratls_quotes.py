@@ -7,12 +7,12 @@ import hashlib
 
 import cbor2
 import pytest
+from testdata_paths import vector
 
 from inclavare.formats.der import SEQUENCE, encode_tlv, oid_text
 from inclavare.formats.pem import parse_pem_blocks
 from inclavare.formats.quote import parse_quote
 from inclavare.formats.x509_view import CertificateView
-from testdata_paths import vector
 
 _HASHES = {1: "sha256", 7: "sha384", 8: "sha512"}
 

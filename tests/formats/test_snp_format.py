@@ -7,10 +7,10 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testdata_paths import vector
 
 from inclavare.errors import FormatError
 from inclavare.formats.snp import REPORT_SIZE, build_snp_report, parse_snp_report
-from testdata_paths import vector
 
 
 def _raw() -> bytes:

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from inclavare.crypto.signatures import sign_p256_raw as sign_raw
 from inclavare.errors import InclavareError
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.quote import (
@@ -25,7 +26,6 @@ from inclavare.formats.quote import (
 )
 from inclavare.formats.report_body import EnclaveReport, TdReport10, TdReport15
 from inclavare.formats.rfc3339 import format_rfc3339
-from inclavare.tee.sim_collateral import sign_raw
 from inclavare.tee.sim_pki import (
     PlatformFacts,
     issue_ca,

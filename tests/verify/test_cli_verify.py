@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from testdata_paths import vector
 
 from inclavare.cli.main import main
-from testdata_paths import vector
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

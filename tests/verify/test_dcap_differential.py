@@ -22,12 +22,12 @@ from collections.abc import Iterator
 
 import dcap_qvl
 import pytest
+from testdata_paths import PINNED_2025, PINNED_2026, vector
 
 from inclavare.errors import InclavareError
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.quote import HEADER_SIZE, parse_quote
 from inclavare.verify.dcap import verify_quote
-from testdata_paths import PINNED_2025, PINNED_2026, vector
 
 VECTORS = [("sgx_quote", "sgx_quote_collateral.json", PINNED_2025),
            ("tdx_quote", "tdx_quote_collateral.json", PINNED_2025),

@@ -7,13 +7,13 @@ import datetime as dt
 
 import dcap_qvl
 import pytest
+from testdata_paths import PINNED_2025, PINNED_2026, TODAY, vector
 
 from inclavare.errors import CollateralError, TcbError, VerificationError
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.report_body import EnclaveReport, TdReport10
 from inclavare.verify.dcap import SgxClaims, TdxClaims, verify_quote
 from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA, INTEL_SGX_ROOT_CA_SHA256
-from testdata_paths import PINNED_2025, PINNED_2026, TODAY, vector
 
 ACCEPTED = [
     ("sgx_quote", "sgx_quote_collateral.json", PINNED_2025, "ConfigurationAndSWHardeningNeeded",

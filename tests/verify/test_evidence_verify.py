@@ -8,11 +8,11 @@ import warnings
 
 import pytest
 from cryptography import x509
+from testdata_paths import PINNED_2025, TODAY, vector
 
 from inclavare.errors import CollateralError, ReportDataMismatch, VerificationError
 from inclavare.formats.collateral import Collateral
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, Verdict, verify_evidence
-from testdata_paths import PINNED_2025, TODAY, vector
 
 
 def _quote(name: str) -> dict[str, str]:

@@ -8,11 +8,11 @@ import warnings
 
 import pytest
 from cryptography import x509
+from testdata_paths import TODAY, vector
 
 from inclavare.errors import CertificateChainError, SignatureError, VerificationError
 from inclavare.formats.snp import parse_snp_report
 from inclavare.verify.snp import verify_snp_report
-from testdata_paths import TODAY, vector
 
 
 @pytest.fixture(scope="module")

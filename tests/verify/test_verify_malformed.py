@@ -7,12 +7,12 @@ import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testdata_paths import PINNED_2025, vector
 
 from inclavare.errors import VerificationError
 from inclavare.formats.collateral import Collateral
 from inclavare.verify.dcap import verify_quote
 from inclavare.verify.evidence import TrustConfig, verify_evidence
-from testdata_paths import PINNED_2025, vector
 
 
 def _inputs() -> tuple[bytes, Collateral]:

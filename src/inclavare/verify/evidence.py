@@ -36,7 +36,7 @@ from inclavare.formats.quote import CERT_TYPE_PCK_CHAIN, Quote
 from inclavare.formats.snp import parse_snp_report
 from inclavare.formats.tcb_info import TcbInfo, parse_tcb_info
 from inclavare.memo import Memo, memo
-from inclavare.verify.dcap import MalformedQuote, verify_quote
+from inclavare.verify.dcap import MalformedQuote, verify_parsed_quote
 from inclavare.verify.dcap_chains import pck_extension_of
 from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA
 from inclavare.verify.pki_path import parse_certificate, parse_crl
@@ -167,7 +167,8 @@ def _verify_dcap(tee: str, evidence: Mapping[str, Any], report_data: bytes | Non
     if loaded.tee != tee or loaded.quote is None:
         raise MalformedQuote(f"the evidence is a {loaded.tee} quote, not {tee}")
     collateral = select_collateral(loaded.quote, trust.collateral_documents())
-    verified = verify_quote(loaded.quote, collateral, now=now, trust_anchors=trust.sgx_root_cas)
+    verified = verify_parsed_quote(loaded.raw, loaded.quote, collateral, now=now,
+                                   trust_anchors=trust.sgx_root_cas)
     _expect_report_data(verified.report_data, report_data)
     claims = verified.claims_dict()
     claims["fmspc"] = verified.fmspc.hex()

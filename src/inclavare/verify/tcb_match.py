@@ -91,6 +91,9 @@ def _module_identity(info: TcbInfo, report: TdReport10) -> TcbResult | None:
     raise TcbError(f"TDX module ISVSVN {isv_svn} is below every TDX module TCB level")
 
 
+_MATCHES: Memo[tuple[object, ...], tuple[TcbInfo, TcbResult | TcbError]] = memo("tcb-matches", 1024)
+
+
 def match_platform(
     info: TcbInfo,
     *,
@@ -100,7 +103,25 @@ def match_platform(
     pce_svn: int,
     td_report: TdReport10 | None,
 ) -> TcbResult:
-    """The platform's TCB status from the PCK certificate's TCB (and, for TDX, the TD report)."""
+    """The platform's TCB status from the PCK certificate's TCB (and, for TDX, the TD report).
+    Memoised on everything it reads (the TCB Info by identity, the platform values by content)."""
+    key: tuple[object, ...] = (id(info), is_tdx_quote, fmspc, cpu_svn, pce_svn)
+    if td_report is not None:
+        key += (td_report.tee_tcb_svn, td_report.mr_signer_seam, td_report.seam_attributes)
+    cached = _MATCHES.get(key)
+    if cached is None or cached[0] is not info:
+        try:
+            outcome: TcbResult | TcbError = _match_platform(info, is_tdx_quote, fmspc, cpu_svn, pce_svn, td_report)
+        except TcbError as exc:
+            outcome = exc
+        cached = _MATCHES.put(key, (info, outcome))
+    if isinstance(cached[1], TcbError):
+        raise cached[1]
+    return cached[1]
+
+
+def _match_platform(info: TcbInfo, is_tdx_quote: bool, fmspc: bytes, cpu_svn: bytes, pce_svn: int,
+                    td_report: TdReport10 | None) -> TcbResult:
     try:
         expected_fmspc = decode_hex(info.fmspc, "tcbInfo.fmspc")
     except FormatError as exc:
