@@ -47,9 +47,9 @@ def _from_binary(data: bytes, encoding: Literal["binary", "hex", "json"],
     if _looks_like_quote(data):
         quote = parse_quote(data)
         tee_type = quote.header.tee_type
-        tee: Tee = "sgx" if tee_type == TEE_TYPE_SGX else "tdx" if tee_type == TEE_TYPE_TDX else "sgx"
         if tee_type not in (TEE_TYPE_SGX, TEE_TYPE_TDX):
             raise FormatError(f"quote with unknown TEE type {tee_type:#x}")
+        tee: Tee = "sgx" if tee_type == TEE_TYPE_SGX else "tdx"
         return LoadedEvidence(tee, data, encoding, quote=quote, extra=extra or {})
     if len(data) == REPORT_SIZE:
         return LoadedEvidence("snp", data, encoding, snp_report=parse_snp_report(data), extra=extra or {})
