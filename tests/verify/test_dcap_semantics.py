@@ -211,3 +211,17 @@ def test_unsigned_collateral_changes_are_rejected(lab: Lab) -> None:
     deep = copy.deepcopy(lab.tcb_info())
     deep["fmspc"] = "00906ED50001"
     assert _agree(lab, lab.sgx_quote(), lab.collateral(tcb_info=deep)) == "reject"
+
+
+def test_concurrent_verification_gives_sequential_verdicts(lab: Lab) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clear_all()
+    jobs = [(lab.sgx_quote(report_data=bytes([i]) * 64), lab.collateral(), NOW + dt.timedelta(days=3 * i))
+            for i in range(12)]
+    expected = [lab.ours(*job) for job in jobs]
+    clear_all()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: lab.ours(*job), jobs * 10))
+    assert results == expected * 10
+    assert set(expected) == {"accept:UpToDate:", "reject"}
