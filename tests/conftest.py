@@ -14,7 +14,6 @@ import pytest
 from inclavare.sample_images import build_busybox_rootfs, make_bundle
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TESTDATA = REPO.parent / "shared" / "testdata"
 
 
 def _venv_bin(name: str) -> str:

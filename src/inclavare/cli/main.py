@@ -20,6 +20,8 @@ from inclavare.errors import InclavareError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.install_cmd",
     "inclavare.cli.demo_cmd",
+    "inclavare.cli.verify_cmd",
+    "inclavare.cli.sim_cmd",
     "inclavare.cli.agent_cmd",
     "inclavare.cli.measure_cmd",
     "inclavare.cli.epm_cmd",
