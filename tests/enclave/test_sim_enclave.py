@@ -174,3 +174,33 @@ def test_enclave_needs_its_own_pid_namespace(rune: Rune, bundle_factory: BundleF
     Path(bundle, "config.json").write_text(json.dumps(spec))
     r = rune("run", "--bundle", bundle, "nopid")
     assert r.returncode == 1 and "own pid namespace" in r.stderr
+
+
+def test_recycled_namespace_inode_never_inherits_an_identity(tmp_path: Path) -> None:
+    """A dead container's pid-namespace inode may be reused by a new container: a mapping is
+    trusted only while the registered init process is alive with its start time."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from inclavare.services.agent.peer import Peer, namespace_of, start_time
+    from inclavare.services.agent.registry import Registry, registration_from
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ns = namespace_of(child.pid)
+        not_host = (0, 0)  # treat this test's namespace as a container's
+        base = {"root": "/run/x", "runc": "/usr/sbin/runc", "bundle": "/b", "measurement": "00" * 32,
+                "enclave": {"type": "sim"}, "runtime": "sim"}
+        registry = Registry(str(tmp_path / "reg"), host_pid_ns=not_host)
+        registry.register(replace(registration_from({**base, "id": "live"}),
+                                  init_pid=child.pid, init_start=start_time(child.pid), pid_ns=ns))
+        # a dead container that had the same namespace inode, registered later (wins a naive map)
+        registry.register(replace(registration_from({**base, "id": "dead"}), init_pid=child.pid,
+                                  init_start=start_time(child.pid) + 1, pid_ns=ns))
+        for reloaded in (registry, Registry(str(tmp_path / "reg"), host_pid_ns=not_host)):
+            found = reloaded.identify(Peer(pid=child.pid, uid=0, gid=0, pid_ns=ns))
+            assert found is not None and found.id == "live"
+    finally:
+        child.kill()
+        child.wait()

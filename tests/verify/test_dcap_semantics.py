@@ -13,7 +13,7 @@ import pytest
 from inclavare.errors import CertificateChainError
 from inclavare.memo import clear_all
 from inclavare.verify.dcap import verify_quote
-from verify.dcap_lab import CPU_SVN, NOW, PCE_SVN, Lab
+from tests.verify.dcap_lab import CPU_SVN, NOW, PCE_SVN, Lab
 
 SECOND = dt.timedelta(seconds=1)
 

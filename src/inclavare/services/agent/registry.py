@@ -89,8 +89,10 @@ def _remove_rune_state(path: str) -> None:
 
 
 class Registry:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, host_pid_ns: tuple[int, int] | None = None) -> None:
         self.directory = directory
+        # processes in this namespace are on the host, in no container
+        self.host_pid_ns = host_pid_ns or namespace_of(os.getpid())
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._items: dict[str, Registration] = {}
@@ -114,7 +116,7 @@ class Registry:
             except (OSError, ValueError, ConfigError, KeyError, TypeError):
                 continue  # a damaged file is skipped, never trusted
             self._items[reg.key] = reg
-            if reg.pid_ns:
+            if reg.pid_ns and self._valid(reg):  # a dead container's namespace inode may be reused
                 self._by_ns[reg.pid_ns] = reg.key
 
     def _save(self, reg: Registration) -> None:
@@ -195,19 +197,26 @@ class Registry:
         return resolved
 
     def identify(self, peer: Peer) -> Registration | None:
-        """The enclave container the peer runs in, or None."""
-        if peer.pid_ns == namespace_of(os.getpid()):
-            return None  # a host process is in no container
+        """The enclave container the peer runs in, or None.
+
+        Namespace inodes are recycled once a namespace dies, so a mapping is trusted only while
+        the registered init process is alive, with its start time, in that namespace.
+        """
+        if peer.pid_ns == self.host_pid_ns:
+            return None
         with self._lock:
             key = self._by_ns.get(peer.pid_ns)
-            if key is not None:
-                reg = self._items.get(key)
-                if reg is not None and self._valid(reg):
+            reg = self._items.get(key) if key else None
+            if reg is not None and reg.pid_ns == peer.pid_ns and self._valid(reg):
+                return reg
+            self._by_ns.pop(peer.pid_ns, None)
+            for reg in self._items.values():
+                if reg.pid_ns == peer.pid_ns and self._valid(reg):
+                    self._by_ns[peer.pid_ns] = reg.key
                     return reg
-                self._by_ns.pop(peer.pid_ns, None)
             for reg in list(self._items.values()):
                 if reg.pid_ns and self._valid(reg):
-                    continue  # resolved and alive: a different namespace
+                    continue  # alive in another namespace
                 resolved = self._resolve(reg)
                 if resolved is not None and resolved.pid_ns == peer.pid_ns:
                     return resolved
