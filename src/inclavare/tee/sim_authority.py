@@ -1,0 +1,305 @@
+"""The simulated SGX authority: the hardware side of the simulated TEE.
+
+On machines without SGX the project simulates the whole attestation supply chain so that exactly
+the verification code that checks Intel quotes also checks simulated ones; only the trust anchor
+differs. Per installation this creates and persists a root CA (its subject says SIMULATED — it
+is never Intel's and nothing trusts it unless configured to), a PCK Platform CA, a PCK
+certificate with the real SGX extension, a TCB signing certificate, a simulated quoting enclave
+(QE report signed by the PCK key) and its attestation key. It issues collateral — CRLs, TCB Info,
+QE Identity — with validity windows and re-issues it when it nears expiry, so a long-lived
+installation keeps verifying. :meth:`SimAuthority.quote` produces SGX ECDSA quotes v3.
+
+The simulation offers no protection: whoever reads ``state_dir`` can mint quotes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from inclavare.atomic_file import locked, write_atomic
+from inclavare.errors import ConfigError, FormatError, StoreError
+from inclavare.formats.collateral import Collateral
+from inclavare.formats.quote import (
+    CERT_TYPE_PCK_CHAIN,
+    CertificationData,
+    QeReportCertificationData,
+    build_sgx_quote,
+)
+from inclavare.formats.report_body import EnclaveReport
+from inclavare.formats.tcb_info import parse_tcb_info
+from inclavare.tee.sim_collateral import (
+    QuotingEnclaveFacts,
+    SigningKeys,
+    issue_collateral,
+    sign_raw,
+)
+from inclavare.tee.sim_pki import (
+    PlatformFacts,
+    issue_ca,
+    issue_pck,
+    issue_root,
+    issue_tcb_signing,
+)
+
+STATE_VERSION = 1
+COLLATERAL_LIFETIME = dt.timedelta(days=30)
+REISSUE_MARGIN = dt.timedelta(days=10)
+CLOCK_SKEW = dt.timedelta(hours=1)
+
+SIM_FMSPC = bytes.fromhex("53494D000000")  # "SIM\0\0\0"
+SIM_CPU_SVN = bytes([3, 3, 2, 2, 4, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0])
+SIM_PCE_SVN = 11
+SIM_QE_ISV_PROD_ID = 1
+SIM_QE_ISV_SVN = 8
+DEFAULT_ENCLAVE_SIGNER = hashlib.sha256(b"inclavare simulated enclave signer").digest()
+DEFAULT_ENCLAVE_ATTRIBUTES = bytes.fromhex("0500000000000000e700000000000000")
+_QE_ATTRIBUTES = bytes.fromhex("1500000000000000e700000000000000")
+_QE_MRENCLAVE = hashlib.sha256(b"inclavare simulated quoting enclave").digest()
+
+_KEY_FILES = ("root-ca.key", "pck-ca.key", "pck.key", "tcb-signing.key", "attestation.key")
+_CERT_FILES = ("root-ca.pem", "pck-ca.pem", "pck.pem", "tcb-signing.pem")
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """The non-secret facts of an installation (``authority.json``)."""
+
+    platform: PlatformFacts
+    qe: QuotingEnclaveFacts
+    qe_id: bytes
+    qe_auth_data: bytes
+    evaluation_number: int
+
+    def to_json(self) -> str:
+        p = self.platform
+        return json.dumps({
+            "version": STATE_VERSION, "simulated": True,
+            "ppid": p.ppid.hex(), "cpu_svn": p.cpu_svn.hex(), "pce_svn": p.pce_svn,
+            "pce_id": p.pce_id.hex(), "fmspc": p.fmspc.hex(),
+            "platform_instance_id": p.platform_instance_id.hex(),
+            "qe_mrsigner": self.qe.mrsigner.hex(), "qe_isv_prod_id": self.qe.isv_prod_id,
+            "qe_isv_svn": self.qe.isv_svn, "qe_id": self.qe_id.hex(),
+            "qe_auth_data": self.qe_auth_data.hex(), "tcb_evaluation_data_number": self.evaluation_number,
+        }, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> _Identity:
+        try:
+            d = json.loads(text)
+            if d.get("version") != STATE_VERSION:
+                raise StoreError(f"unsupported simulated authority state version {d.get('version')!r}")
+            platform = PlatformFacts(
+                ppid=bytes.fromhex(d["ppid"]), cpu_svn=bytes.fromhex(d["cpu_svn"]),
+                pce_svn=int(d["pce_svn"]), pce_id=bytes.fromhex(d["pce_id"]),
+                fmspc=bytes.fromhex(d["fmspc"]),
+                platform_instance_id=bytes.fromhex(d["platform_instance_id"]))
+            qe = QuotingEnclaveFacts(bytes.fromhex(d["qe_mrsigner"]), int(d["qe_isv_prod_id"]),
+                                     int(d["qe_isv_svn"]))
+            return cls(platform, qe, bytes.fromhex(d["qe_id"]), bytes.fromhex(d["qe_auth_data"]),
+                       int(d["tcb_evaluation_data_number"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"corrupt simulated authority state (authority.json): {exc}") from exc
+
+    @classmethod
+    def fresh(cls) -> _Identity:
+        platform = PlatformFacts(ppid=secrets.token_bytes(16), cpu_svn=SIM_CPU_SVN, pce_svn=SIM_PCE_SVN,
+                                 pce_id=bytes(2), fmspc=SIM_FMSPC,
+                                 platform_instance_id=secrets.token_bytes(16))
+        qe = QuotingEnclaveFacts(secrets.token_bytes(32), SIM_QE_ISV_PROD_ID, SIM_QE_ISV_SVN)
+        return cls(platform, qe, secrets.token_bytes(16), bytes(range(32)), 1)
+
+
+class SimAuthority:
+    """A loaded simulated SGX authority (see the module docstring). Thread-safe."""
+
+    def __init__(self, state_dir: str, identity: _Identity, keys: SigningKeys,
+                 pck: x509.Certificate, pck_key: ec.EllipticCurvePrivateKey,
+                 attestation_key: ec.EllipticCurvePrivateKey, collateral: Collateral,
+                 clock: Clock) -> None:
+        self._state_dir = state_dir
+        self._identity = identity
+        self._keys = keys
+        self._attestation_key = attestation_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._collateral = collateral
+        self._collateral_next_update = self._next_update(collateral)
+        xy = attestation_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+        self._attestation_xy = xy
+        chain = b"".join(c.public_bytes(Encoding.PEM) for c in (pck, keys.pck_ca, keys.root))
+        qe_report = EnclaveReport.build(
+            mr_enclave=_QE_MRENCLAVE, mr_signer=identity.qe.mrsigner,
+            report_data=hashlib.sha256(xy + identity.qe_auth_data).digest() + bytes(32),
+            isv_prod_id=identity.qe.isv_prod_id, isv_svn=identity.qe.isv_svn,
+            attributes=_QE_ATTRIBUTES, cpu_svn=identity.platform.cpu_svn)
+        self._qe = QeReportCertificationData(
+            qe_report, sign_raw(pck_key, qe_report.to_bytes()), identity.qe_auth_data,
+            CertificationData(CERT_TYPE_PCK_CHAIN, chain + b"\0"))
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def load_or_create(cls, state_dir: str, *, clock: Clock = _utcnow) -> SimAuthority:
+        """Load the installation's authority from ``state_dir``, creating it on first use."""
+        if not state_dir:
+            raise ConfigError("a state directory for the simulated authority is required")
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        with locked(os.path.join(state_dir, ".lock")):
+            if not os.path.exists(os.path.join(state_dir, "authority.json")):
+                cls._create(state_dir, clock())
+            return cls._load(state_dir, clock)
+
+    @staticmethod
+    def _create(state_dir: str, now: dt.datetime) -> None:
+        identity = _Identity.fresh()
+        start = now - CLOCK_SKEW
+        root_key, ca_key, pck_key, tcb_key, att_key = (_new_key() for _ in range(5))
+        root = issue_root(root_key, start, start + dt.timedelta(days=365 * 20))
+        ca = issue_ca(ca_key.public_key(), root, root_key, start, start + dt.timedelta(days=365 * 15))
+        pck = issue_pck(pck_key.public_key(), identity.platform, ca, ca_key, start,
+                        start + dt.timedelta(days=365 * 10))
+        tcb = issue_tcb_signing(tcb_key.public_key(), root, root_key, start,
+                                start + dt.timedelta(days=365 * 10))
+        for filename, key in zip(_KEY_FILES, (root_key, ca_key, pck_key, tcb_key, att_key)):
+            write_atomic(os.path.join(state_dir, filename), _key_pem(key))
+        for filename, cert in zip(_CERT_FILES, (root, ca, pck, tcb)):
+            write_atomic(os.path.join(state_dir, filename), cert.public_bytes(Encoding.PEM))
+        write_atomic(os.path.join(state_dir, "authority.json"), identity.to_json().encode())
+
+    @classmethod
+    def _load(cls, state_dir: str, clock: Clock) -> SimAuthority:
+        def read(filename: str) -> bytes:
+            try:
+                with open(os.path.join(state_dir, filename), "rb") as handle:
+                    return handle.read()
+            except OSError as exc:
+                raise StoreError(f"simulated authority state is incomplete: {exc}") from exc
+
+        try:
+            keys_raw = [serialization.load_pem_private_key(read(f), None) for f in _KEY_FILES]
+            certs = [x509.load_pem_x509_certificate(read(f)) for f in _CERT_FILES]
+        except ValueError as exc:
+            raise StoreError(f"corrupt simulated authority state: {exc}") from exc
+        keys: list[ec.EllipticCurvePrivateKey] = []
+        for key in keys_raw:
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise StoreError("simulated authority keys must be EC keys")
+            keys.append(key)
+        identity = _Identity.from_json(read("authority.json").decode("utf-8", "replace"))
+        signing = SigningKeys(certs[0], keys[0], certs[1], keys[1], certs[3], keys[3])
+        collateral = cls._stored_collateral(state_dir)
+        now = clock()
+        if collateral is None or cls._next_update(collateral) - now < REISSUE_MARGIN:
+            collateral = cls._reissue(state_dir, signing, identity, now)
+        return cls(state_dir, identity, signing, certs[2], keys[2], keys[4], collateral, clock)
+
+    @staticmethod
+    def _stored_collateral(state_dir: str) -> Collateral | None:
+        path = os.path.join(state_dir, "collateral.json")
+        try:
+            with open(path, "rb") as handle:
+                return Collateral.from_json(handle.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, FormatError):
+            return None  # re-issued below
+
+    @staticmethod
+    def _reissue(state_dir: str, keys: SigningKeys, identity: _Identity, now: dt.datetime) -> Collateral:
+        collateral = issue_collateral(keys, identity.platform, identity.qe, now - CLOCK_SKEW,
+                                      COLLATERAL_LIFETIME, identity.evaluation_number)
+        write_atomic(os.path.join(state_dir, "collateral.json"), collateral.to_json().encode())
+        return collateral
+
+    @staticmethod
+    def _next_update(collateral: Collateral) -> dt.datetime:
+        info = parse_tcb_info(collateral.tcb_info)
+        return dt.datetime.fromtimestamp(info.next_update, dt.timezone.utc)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def root_ca(self) -> x509.Certificate:
+        """The installation's simulated root CA (the trust anchor to configure for sim quotes)."""
+        return self._keys.root
+
+    @property
+    def root_ca_pem(self) -> str:
+        return self._keys.root.public_bytes(Encoding.PEM).decode("ascii")
+
+    @property
+    def fmspc(self) -> bytes:
+        return self._identity.platform.fmspc
+
+    def collateral(self) -> Collateral:
+        """Current collateral, re-issued (re-signed with fresh dates) when it nears expiry."""
+        now = self._clock()
+        with self._lock:
+            if self._collateral_next_update - now < REISSUE_MARGIN:
+                with locked(os.path.join(self._state_dir, ".lock")):
+                    self._collateral = self._reissue(self._state_dir, self._keys, self._identity, now)
+                self._collateral_next_update = self._next_update(self._collateral)
+            return self._collateral
+
+    def quote(
+        self,
+        mr_enclave: bytes,
+        report_data: bytes,
+        *,
+        mr_signer: bytes = DEFAULT_ENCLAVE_SIGNER,
+        isv_prod_id: int = 0,
+        isv_svn: int = 0,
+        attributes: bytes = DEFAULT_ENCLAVE_ATTRIBUTES,
+    ) -> bytes:
+        """An SGX ECDSA quote v3 for a simulated enclave; ``report_data`` (≤ 64 bytes) is
+        zero-padded to 64 bytes as attesters do."""
+        if len(mr_enclave) != 32 or len(mr_signer) != 32:
+            raise ConfigError("mr_enclave and mr_signer are 32 bytes")
+        if len(report_data) > 64:
+            raise ConfigError("report_data is at most 64 bytes")
+        if len(attributes) != 16:
+            raise ConfigError("attributes are 16 bytes")
+        body = EnclaveReport.build(mr_enclave=mr_enclave, mr_signer=mr_signer,
+                                   report_data=report_data.ljust(64, b"\0"), isv_prod_id=isv_prod_id,
+                                   isv_svn=isv_svn, attributes=attributes,
+                                   cpu_svn=self._identity.platform.cpu_svn)
+        quote = build_sgx_quote(
+            body, attestation_key=self._attestation_xy,
+            sign=lambda message: sign_raw(self._attestation_key, message), qe=self._qe,
+            qe_svn=self._identity.qe.isv_svn, pce_svn=self._identity.platform.pce_svn,
+            user_data=self._identity.qe_id + bytes(4))
+        return quote.to_bytes()
+
+    def export(self, out_dir: str) -> None:
+        """Write ``root-ca.pem`` and ``collateral.json`` (what ``inclavare verify`` takes)."""
+        os.makedirs(out_dir, exist_ok=True)
+        write_atomic(os.path.join(out_dir, "root-ca.pem"), self.root_ca_pem.encode(), mode=0o644)
+        write_atomic(os.path.join(out_dir, "collateral.json"), self.collateral().to_json().encode(),
+                     mode=0o644)
