@@ -91,6 +91,7 @@ def client_context(verifier: RatlsVerifier, credentials: RatlsCredentials | None
     also presents our own (mutual RA-TLS)."""
     context = _base_context(credentials)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback(verifier))
+    context.set_app_data(verifier)
     return context
 
 
@@ -101,13 +102,18 @@ def server_context(credentials: RatlsCredentials, verifier: RatlsVerifier | None
     if verifier is not None:
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
                            _verify_callback(verifier))
+        context.set_app_data(verifier)
     else:
         context.set_verify(SSL.VERIFY_NONE, None)
     return context
 
 
 def _verifies_peer(conn: SSL.Connection) -> bool:
-    return bool(conn.get_context().get_verify_mode() & SSL.VERIFY_PEER)
+    """Whether this connection's context is one of ours that verifies the peer's RA-TLS
+    certificate (other contexts, e.g. plain TLS, pass through without a verdict)."""
+    context = conn.get_context()
+    return isinstance(context.get_app_data(), RatlsVerifier) and bool(
+        context.get_verify_mode() & SSL.VERIFY_PEER)
 
 
 def handshake_error(conn: SSL.Connection, error: BaseException) -> InclavareError:
