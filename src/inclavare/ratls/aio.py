@@ -292,7 +292,7 @@ class _TlsProtocol(asyncio.Protocol):
 
 
 async def open_connection(
-    host: str | None, port: int | None, *, context: SSL.Context,
+    host: str, port: int, *, context: SSL.Context,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, limit: int = 2 ** 16, **kwargs: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect and complete the RA-TLS handshake; the streams exist only for a verified peer.

@@ -21,7 +21,7 @@ import binascii
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote_from_bytes
 
 from inclavare.errors import AgentError, ConfigError, InclavareError, NotSupportedError
@@ -111,7 +111,7 @@ class SimAuthorityAttester:
             raise ConfigError("mr_enclave is 32 bytes")
         self.authority = authority
         self.mr_enclave = mr_enclave
-        self.options: dict[str, object] = {"isv_prod_id": isv_prod_id, "isv_svn": isv_svn}
+        self.options: dict[str, Any] = {"isv_prod_id": isv_prod_id, "isv_svn": isv_svn}
         if mr_signer is not None:
             self.options["mr_signer"] = mr_signer
         if attributes is not None:

@@ -73,6 +73,8 @@ class _Reader:
         self.items += 1
         if self.items > MAX_ITEMS:
             raise CborError("CBOR: too many items")
+        if self.pos < len(self.data) and self.data[self.pos] >> 5 in (_NEGINT, _SIMPLE):
+            raise CborError(f"CBOR: major type {self.data[self.pos] >> 5} is outside the RA-TLS subset")
         major, value = self._head()
         if major == _UINT:
             return value

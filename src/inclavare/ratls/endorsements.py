@@ -70,8 +70,8 @@ def _signed_member(envelope: str, member: str, what: str) -> tuple[str, bytes]:
                 pos += 1
             if text[pos] == "}":
                 break
-            key, pos = json.decoder.scanstring(text, pos + 1) if text[pos] == '"' else (None, pos)
-            if key is None:
+            key, pos = decoder.raw_decode(text, pos) if text[pos] == '"' else (None, pos)
+            if not isinstance(key, str):
                 raise EndorsementsError(f"endorsements: {what} has a non-string key")
             while text[pos] in " \t\r\n":
                 pos += 1
@@ -102,7 +102,10 @@ def _signed_member(envelope: str, member: str, what: str) -> tuple[str, bytes]:
         raise EndorsementsError(f"endorsements: {what} has trailing data")
     if raw_member is None or signature is None:
         raise EndorsementsError(f"endorsements: {what} needs {member!r} and 'signature'")
-    return raw_member, decode_hex(signature, f"endorsements {what} signature")
+    try:
+        return raw_member, decode_hex(signature, f"endorsements {what} signature")
+    except FormatError as exc:
+        raise EndorsementsError(str(exc)) from exc
 
 
 def parse_endorsements(value: bytes, *, evidence_tag: int = TAG_INTEL_TEE_QUOTE) -> Collateral:
@@ -116,8 +119,9 @@ def parse_endorsements(value: bytes, *, evidence_tag: int = TAG_INTEL_TEE_QUOTE)
     fields = item.value
     if not isinstance(fields, list) or len(fields) not in (8, 9):
         raise EndorsementsError("endorsements must be an array of 8 or 9 entries")
-    version, *blobs = fields
-    if not isinstance(version, int) or not all(isinstance(b, bytes) for b in blobs):
+    version, rest = fields[0], fields[1:]
+    blobs = [b for b in rest if isinstance(b, bytes)]
+    if not isinstance(version, int) or len(blobs) != len(rest):
         raise EndorsementsError("endorsements: version must be an integer and the rest byte strings")
     tcb_info, tcb_chain, pck_crl, root_crl, pck_crl_chain, qe_id, qe_id_chain = blobs[:7]
     tcb_text, tcb_sig = _signed_member(_text(tcb_info, "TCB info"), "tcbInfo", "TCB info")

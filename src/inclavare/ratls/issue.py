@@ -37,7 +37,8 @@ from inclavare.ratls.certificate import (
 from inclavare.ratls.claims import build_claims
 from inclavare.ratls.endorsements import build_endorsements
 
-KEY_TYPES = {"ec-p256": (ec.SECP256R1, hashes.SHA256), "ec-p384": (ec.SECP384R1, hashes.SHA384)}
+KEY_TYPES: dict[str, tuple[type[ec.EllipticCurve], type[hashes.SHA256] | type[hashes.SHA384]]] = {
+    "ec-p256": (ec.SECP256R1, hashes.SHA256), "ec-p384": (ec.SECP384R1, hashes.SHA384)}
 DEFAULT_VALIDITY = dt.timedelta(days=1)
 CLOCK_SKEW = dt.timedelta(minutes=5)
 

@@ -160,7 +160,7 @@ class RatlsVerifier:
         expected = evidence.expected_report_data(cert.spki_der)
         nonce = evidence.claims.nonce if evidence.claims is not None else None
         custom = dict(evidence.claims.custom) if evidence.claims is not None else {}
-        common = dict(certificate_sha256=cert.sha256, evidence_type=evidence.evidence_type,
+        common: dict[str, Any] = dict(certificate_sha256=cert.sha256, evidence_type=evidence.evidence_type,
                       source=evidence.source, nonce=nonce, custom_claims=custom)
         if evidence.tag in (None, TAG_INTEL_TEE_QUOTE):
             return self._verify_quote(cert, evidence.data, expected, documents, when, common)
