@@ -23,6 +23,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.agent_cmd",
     "inclavare.cli.measure_cmd",
     "inclavare.cli.epm_cmd",
+    "inclavare.cli.verify_cmd",
+    "inclavare.cli.sim_cmd",
     "inclavare.cli.ratls_cmd",
 )
 

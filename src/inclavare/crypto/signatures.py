@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from inclavare.errors import SignatureError
@@ -162,8 +162,26 @@ def verify_p256_sha256(spki: bytes, message: bytes, raw_signature: bytes) -> Non
     if key_alg != _P256:
         raise SignatureError("signing key is not an ECDSA P-256 key")
     key = _load_spki(spki, _ALGORITHMS[0], key_bits)
-    assert isinstance(key, ec.EllipticCurvePublicKey)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SignatureError("signing key is not an ECDSA key")
     try:
         key.verify(raw_ecdsa_to_der(raw_signature), message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise SignatureError("invalid ECDSA signature") from None
+
+
+def sign_p256_raw(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    """ECDSA P-256/SHA-256 signature as raw 64-byte ``r‖s`` (the form DCAP quotes and collateral use)."""
+    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def verify_p384_sha384(key: object, message: bytes, r: int, s: int) -> None:
+    """Verify an ECDSA P-384/SHA-384 signature given as integers (SEV-SNP reports).
+    Raises SignatureError, also when ``key`` is not a P-384 public key."""
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise SignatureError("the signing certificate does not hold a P-384 key")
+    try:
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise SignatureError("invalid ECDSA P-384 signature") from None

@@ -7,7 +7,6 @@ TEE type, or an SNP report), never by a caller's claim.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from inclavare.formats.strict_json import loads_strict
 
 MAX_EVIDENCE_SIZE = 4 * 1024 * 1024
 _HEX = re.compile(rb"(?:0x)?((?:[0-9a-fA-F]{2})+)")
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 Tee = Literal["sgx", "tdx", "snp"]
 
@@ -49,9 +47,9 @@ def _from_binary(data: bytes, encoding: Literal["binary", "hex", "json"],
     if _looks_like_quote(data):
         quote = parse_quote(data)
         tee_type = quote.header.tee_type
-        tee: Tee = "sgx" if tee_type == TEE_TYPE_SGX else "tdx" if tee_type == TEE_TYPE_TDX else "sgx"
         if tee_type not in (TEE_TYPE_SGX, TEE_TYPE_TDX):
             raise FormatError(f"quote with unknown TEE type {tee_type:#x}")
+        tee: Tee = "sgx" if tee_type == TEE_TYPE_SGX else "tdx"
         return LoadedEvidence(tee, data, encoding, quote=quote, extra=extra or {})
     if len(data) == REPORT_SIZE:
         return LoadedEvidence("snp", data, encoding, snp_report=parse_snp_report(data), extra=extra or {})
@@ -60,11 +58,11 @@ def _from_binary(data: bytes, encoding: Literal["binary", "hex", "json"],
 
 def decode_base64(text: object, what: str) -> bytes:
     """Standard base64 (padding required), as CoCo attesters encode evidence."""
-    if not isinstance(text, str) or _B64.fullmatch(text) is None or len(text) % 4:
+    if not isinstance(text, str) or len(text) % 4:
         raise FormatError(f"{what} must be standard base64 text")
     try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
         raise FormatError(f"{what} is not valid base64: {exc}") from exc
 
 

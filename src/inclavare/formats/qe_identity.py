@@ -18,7 +18,6 @@ from inclavare.formats.strict_json import (
 )
 from inclavare.formats.tcb_info import TcbStatus
 
-
 _KNOWN = frozenset({
     "id", "version", "issueDate", "nextUpdate", "tcbEvaluationDataNumber", "miscselect",
     "miscselectMask", "attributes", "attributesMask", "mrsigner", "isvprodid", "tcbLevels", "tcb",

@@ -21,7 +21,6 @@ from inclavare.formats.strict_json import (
     require_str,
 )
 
-
 _KNOWN = frozenset({
     "id", "version", "issueDate", "nextUpdate", "fmspc", "pceId", "tcbType", "tcbEvaluationDataNumber",
     "tcbLevels", "tdxModule", "tdxModuleIdentities", "tcb", "sgxtcbcomponents", "tdxtcbcomponents",

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from inclavare.atomic_file import locked, write_atomic
+from inclavare.crypto.signatures import sign_p256_raw
 from inclavare.errors import ConfigError, FormatError, StoreError
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.quote import (
@@ -39,12 +40,7 @@ from inclavare.formats.quote import (
 )
 from inclavare.formats.report_body import EnclaveReport
 from inclavare.formats.tcb_info import parse_tcb_info
-from inclavare.tee.sim_collateral import (
-    QuotingEnclaveFacts,
-    SigningKeys,
-    issue_collateral,
-    sign_raw,
-)
+from inclavare.tee.sim_collateral import QuotingEnclaveFacts, SigningKeys, issue_collateral
 from inclavare.tee.sim_pki import (
     PlatformFacts,
     issue_ca,
@@ -160,7 +156,7 @@ class SimAuthority:
             isv_prod_id=identity.qe.isv_prod_id, isv_svn=identity.qe.isv_svn,
             attributes=_QE_ATTRIBUTES, cpu_svn=identity.platform.cpu_svn)
         self._qe = QeReportCertificationData(
-            qe_report, sign_raw(pck_key, qe_report.to_bytes()), identity.qe_auth_data,
+            qe_report, sign_p256_raw(pck_key, qe_report.to_bytes()), identity.qe_auth_data,
             CertificationData(CERT_TYPE_PCK_CHAIN, chain + b"\0"))
 
     # -- construction -------------------------------------------------------------------------
@@ -187,9 +183,9 @@ class SimAuthority:
                         start + dt.timedelta(days=365 * 10))
         tcb = issue_tcb_signing(tcb_key.public_key(), root, root_key, start,
                                 start + dt.timedelta(days=365 * 10))
-        for filename, key in zip(_KEY_FILES, (root_key, ca_key, pck_key, tcb_key, att_key)):
+        for filename, key in zip(_KEY_FILES, (root_key, ca_key, pck_key, tcb_key, att_key), strict=True):
             write_atomic(os.path.join(state_dir, filename), _key_pem(key))
-        for filename, cert in zip(_CERT_FILES, (root, ca, pck, tcb)):
+        for filename, cert in zip(_CERT_FILES, (root, ca, pck, tcb), strict=True):
             write_atomic(os.path.join(state_dir, filename), cert.public_bytes(Encoding.PEM))
         write_atomic(os.path.join(state_dir, "authority.json"), identity.to_json().encode())
 
@@ -292,7 +288,7 @@ class SimAuthority:
                                    cpu_svn=self._identity.platform.cpu_svn)
         quote = build_sgx_quote(
             body, attestation_key=self._attestation_xy,
-            sign=lambda message: sign_raw(self._attestation_key, message), qe=self._qe,
+            sign=lambda message: sign_p256_raw(self._attestation_key, message), qe=self._qe,
             qe_svn=self._identity.qe.isv_svn, pce_svn=self._identity.platform.pce_svn,
             user_data=self._identity.qe_id + bytes(4))
         return quote.to_bytes()

@@ -9,11 +9,10 @@ import json
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from inclavare.crypto.signatures import sign_p256_raw
 from inclavare.formats.collateral import Collateral
 from inclavare.formats.rfc3339 import format_rfc3339
 from inclavare.tee.sim_pki import PlatformFacts, issue_crl
@@ -28,12 +27,6 @@ class QuotingEnclaveFacts:
     mrsigner: bytes
     isv_prod_id: int
     isv_svn: int
-
-
-def sign_raw(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
-    """ECDSA P-256/SHA-256 signature as raw 64-byte ``r‖s``."""
-    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def _pem(*certs: x509.Certificate) -> str:
@@ -100,8 +93,8 @@ def issue_collateral(keys: SigningKeys, facts: PlatformFacts, qe: QuotingEnclave
         pck_crl=issue_crl(keys.pck_ca, keys.pck_ca_key, number, issue, next_update),
         tcb_info_issuer_chain=signing_chain,
         tcb_info=tcb_info,
-        tcb_info_signature=sign_raw(keys.tcb_signing_key, tcb_info.encode()),
+        tcb_info_signature=sign_p256_raw(keys.tcb_signing_key, tcb_info.encode()),
         qe_identity_issuer_chain=signing_chain,
         qe_identity=qe_identity,
-        qe_identity_signature=sign_raw(keys.tcb_signing_key, qe_identity.encode()),
+        qe_identity_signature=sign_p256_raw(keys.tcb_signing_key, qe_identity.encode()),
     )

@@ -297,22 +297,32 @@ def verify_quote(
 ) -> VerifiedQuote:
     """Verify a DCAP quote against collateral at time ``now``, trusting ``trust_anchors``
     (the pinned Intel SGX Root CA by default). Raises VerificationError subclasses."""
+    if isinstance(quote, Quote):
+        return verify_parsed_quote(quote.to_bytes(), quote, collateral, now=now, trust_anchors=trust_anchors)
+    try:
+        parsed = parse_quote(quote)
+    except FormatError as exc:
+        raise MalformedQuote(f"malformed quote: {exc}") from exc
+    return verify_parsed_quote(bytes(quote), parsed, collateral, now=now, trust_anchors=trust_anchors)
+
+
+def verify_parsed_quote(
+    raw: bytes,
+    quote: Quote,
+    collateral: Collateral,
+    *,
+    now: dt.datetime,
+    trust_anchors: Sequence[x509.Certificate] = (INTEL_SGX_ROOT_CA,),
+) -> VerifiedQuote:
+    """:func:`verify_quote` for a quote already parsed from ``raw`` (``parse_quote(raw)``)."""
     if not trust_anchors:
         raise CertificateChainError("no trust anchor configured")
     seconds = unix_seconds(now)
-    if isinstance(quote, Quote):
-        parsed, raw = quote, quote.to_bytes()
-    else:
-        try:
-            parsed = parse_quote(quote)
-        except FormatError as exc:
-            raise MalformedQuote(f"malformed quote: {exc}") from exc
-        raw = bytes(quote)
-    tee = _check_header(parsed)
+    tee = _check_header(quote)
     first_error: VerificationError | None = None
     for certificate in trust_anchors:
         try:
-            return _verify_with_anchor(raw, parsed, tee, collateral, _anchor(certificate), seconds)
+            return _verify_with_anchor(raw, quote, tee, collateral, _anchor(certificate), seconds)
         except VerificationError as exc:
             first_error = first_error or exc
     raise first_error or CertificateChainError("no trust anchor accepted the quote")

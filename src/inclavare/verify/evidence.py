@@ -36,7 +36,7 @@ from inclavare.formats.quote import CERT_TYPE_PCK_CHAIN, Quote
 from inclavare.formats.snp import parse_snp_report
 from inclavare.formats.tcb_info import TcbInfo, parse_tcb_info
 from inclavare.memo import Memo, memo
-from inclavare.verify.dcap import MalformedQuote, verify_quote
+from inclavare.verify.dcap import MalformedQuote, verify_parsed_quote
 from inclavare.verify.dcap_chains import pck_extension_of
 from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA
 from inclavare.verify.pki_path import parse_certificate, parse_crl
@@ -90,7 +90,7 @@ class Verdict:
 
 
 _TCB_INFO: Memo[str, TcbInfo | FormatError] = memo("evidence-tcb-info", 128)
-_CHAIN_LEAF: Memo[bytes, tuple[bytes, str, str] | FormatError] = memo("evidence-pck-leaf", 256)
+_CHAIN_LEAF: Memo[bytes, tuple[bytes, str, bytes] | FormatError] = memo("evidence-pck-leaf", 256)
 
 
 def _tcb_info(collateral: Collateral) -> TcbInfo | None:
@@ -104,7 +104,7 @@ def _tcb_info(collateral: Collateral) -> TcbInfo | None:
     return None if isinstance(found, FormatError) else found
 
 
-def _platform_of(quote: Quote) -> tuple[bytes, str, str]:
+def _platform_of(quote: Quote) -> tuple[bytes, str, bytes]:
     """(FMSPC, PCK CA type, PCK CRL issuer name) from the quote's PCK leaf."""
     cert = quote.auth_data.qe.certification_data
     if cert.cert_type != CERT_TYPE_PCK_CHAIN:
@@ -119,7 +119,7 @@ def _platform_of(quote: Quote) -> tuple[bytes, str, str]:
             fmspc = pck_extension_of(leaf).fmspc
             issuer = leaf.issuer
             ca = "processor" if b"Processor" in issuer else "platform" if b"Platform" in issuer else "processor"
-            found = (fmspc, ca, issuer.hex())
+            found = (fmspc, ca, issuer)
         except FormatError as exc:
             found = exc
         _CHAIN_LEAF.put(cert.body, found)
@@ -131,9 +131,8 @@ def _platform_of(quote: Quote) -> tuple[bytes, str, str]:
 def select_collateral(quote: Quote, documents: Sequence[Collateral]) -> Collateral:
     """The collateral for this quote's platform: same FMSPC, same TEE (TCB Info id), and a PCK CRL
     from the PCK certificate's issuer. CollateralError when none matches."""
-    fmspc, ca, issuer_hex = _platform_of(quote)
+    fmspc, ca, issuer = _platform_of(quote)
     tee_id = "SGX" if quote.tee == "sgx" else "TDX"
-    issuer = bytes.fromhex(issuer_hex)
     for collateral in documents:
         info = _tcb_info(collateral)
         if info is None or info.id != tee_id or info.fmspc.upper() != fmspc.hex().upper():
@@ -167,7 +166,8 @@ def _verify_dcap(tee: str, evidence: Mapping[str, Any], report_data: bytes | Non
     if loaded.tee != tee or loaded.quote is None:
         raise MalformedQuote(f"the evidence is a {loaded.tee} quote, not {tee}")
     collateral = select_collateral(loaded.quote, trust.collateral_documents())
-    verified = verify_quote(loaded.quote, collateral, now=now, trust_anchors=trust.sgx_root_cas)
+    verified = verify_parsed_quote(loaded.raw, loaded.quote, collateral, now=now,
+                                   trust_anchors=trust.sgx_root_cas)
     _expect_report_data(verified.report_data, report_data)
     claims = verified.claims_dict()
     claims["fmspc"] = verified.fmspc.hex()

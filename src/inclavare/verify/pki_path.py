@@ -295,19 +295,3 @@ def verify_path(
     except _Fatal as exc:
         raise CertificateChainError(str(exc)) from None
     return VerifiedPath(tuple(path), anchor)
-
-
-def check_anchor_not_revoked(anchor_der: bytes, crls: Sequence[CrlView], now: int) -> None:
-    """The root itself must be covered by one of the CRLs, signed by it, current and not list it
-    (dcap-qvl checks the Intel root against the root CA CRL this way)."""
-    try:
-        root = parse_certificate(anchor_der)
-    except FormatError as exc:
-        raise CertificateChainError(f"malformed trust anchor: {exc}") from exc
-    search = _PathSearch((), (), crls, now)
-    try:
-        search._check_revocation(root, root.spki, None)
-    except _Fatal as exc:
-        raise CertificateChainError(str(exc)) from None
-
-

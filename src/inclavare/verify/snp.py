@@ -13,10 +13,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from inclavare.crypto.signatures import verify_p384_sha384
 from inclavare.errors import (
     CertificateChainError,
     FormatError,
@@ -119,15 +117,12 @@ def _check_chain(vcek: x509.Certificate, ask_ark: Sequence[x509.Certificate], no
 def _check_signature(report: SnpReport, vcek: x509.Certificate) -> None:
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
         raise SignatureError(f"unsupported SNP signature algorithm {report.signature_algo}")
-    key = vcek.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise SignatureError("the VCEK does not hold a P-384 key")
     r = int.from_bytes(report.signature_r, "little")
     s = int.from_bytes(report.signature_s, "little")
     try:
-        key.verify(encode_dss_signature(r, s), report.signed_bytes, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise SignatureError("SNP report signature (by the VCEK) is invalid") from None
+        verify_p384_sha384(vcek.public_key(), report.signed_bytes, r, s)
+    except SignatureError as exc:
+        raise SignatureError(f"SNP report signature (by the VCEK) is invalid: {exc}") from None
 
 
 def _check_vcek_binding(report: SnpReport, vcek: x509.Certificate) -> None:

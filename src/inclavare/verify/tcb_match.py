@@ -78,7 +78,7 @@ def _module_identity(info: TcbInfo, report: TdReport10) -> TcbResult | None:
         raise TcbError(f"malformed TDX module identity: {exc}") from exc
     if report.mr_signer_seam != mrsigner:
         raise TcbError("TDX module MRSIGNER_SEAM does not match the TCB Info")
-    for expected, m, actual in zip(attributes, mask, report.seam_attributes):
+    for expected, m, actual in zip(attributes, mask, report.seam_attributes, strict=True):
         if expected & m != actual & m:
             raise TcbError("TDX module SEAM attributes do not match the TCB Info")
         if actual & ~m & 0xFF:
@@ -91,6 +91,9 @@ def _module_identity(info: TcbInfo, report: TdReport10) -> TcbResult | None:
     raise TcbError(f"TDX module ISVSVN {isv_svn} is below every TDX module TCB level")
 
 
+_MATCHES: Memo[tuple[object, ...], tuple[TcbInfo, TcbResult | TcbError]] = memo("tcb-matches", 1024)
+
+
 def match_platform(
     info: TcbInfo,
     *,
@@ -100,7 +103,25 @@ def match_platform(
     pce_svn: int,
     td_report: TdReport10 | None,
 ) -> TcbResult:
-    """The platform's TCB status from the PCK certificate's TCB (and, for TDX, the TD report)."""
+    """The platform's TCB status from the PCK certificate's TCB (and, for TDX, the TD report).
+    Memoised on everything it reads (the TCB Info by identity, the platform values by content)."""
+    key: tuple[object, ...] = (id(info), is_tdx_quote, fmspc, cpu_svn, pce_svn)
+    if td_report is not None:
+        key += (td_report.tee_tcb_svn, td_report.mr_signer_seam, td_report.seam_attributes)
+    cached = _MATCHES.get(key)
+    if cached is None or cached[0] is not info:
+        try:
+            outcome: TcbResult | TcbError = _match_platform(info, is_tdx_quote, fmspc, cpu_svn, pce_svn, td_report)
+        except TcbError as exc:
+            outcome = exc
+        cached = _MATCHES.put(key, (info, outcome))
+    if isinstance(cached[1], TcbError):
+        raise cached[1]
+    return cached[1]
+
+
+def _match_platform(info: TcbInfo, is_tdx_quote: bool, fmspc: bytes, cpu_svn: bytes, pce_svn: int,
+                    td_report: TdReport10 | None) -> TcbResult:
     try:
         expected_fmspc = decode_hex(info.fmspc, "tcbInfo.fmspc")
     except FormatError as exc:
@@ -117,14 +138,14 @@ def match_platform(
             continue
         if len(level.sgx_components) != len(cpu_svn):
             raise TcbError("TCB level has the wrong number of SGX components")
-        if any(a < b for a, b in zip(cpu_svn, level.sgx_components)):
+        if any(a < b for a, b in zip(cpu_svn, level.sgx_components, strict=True)):
             continue
         if is_tdx_quote:
             if td_report is None:
                 raise TcbError("TDX quote without a TD report body")
             if len(level.tdx_components) != len(td_report.tee_tcb_svn):
                 raise TcbError("TCB level has the wrong number of TDX components")
-            if any(a < b for a, b in zip(td_report.tee_tcb_svn, level.tdx_components)):
+            if any(a < b for a, b in zip(td_report.tee_tcb_svn, level.tdx_components, strict=True)):
                 continue
         result = TcbResult(level.status, level.advisory_ids)
         if is_tdx_quote and td_report is not None:
@@ -146,7 +167,7 @@ def match_quoting_enclave(qe_report: EnclaveReport, identity: QeIdentity) -> Tcb
     mask = int.from_bytes(identity.miscselect_mask, "little")
     if qe_report.misc_select & mask != int.from_bytes(identity.miscselect, "little") & mask:
         raise VerificationError("QE MISCSELECT does not match the QE Identity")
-    for expected, m, actual in zip(identity.attributes, identity.attributes_mask, qe_report.attributes):
+    for expected, m, actual in zip(identity.attributes, identity.attributes_mask, qe_report.attributes, strict=True):
         if expected & m != actual & m:
             raise VerificationError("QE ATTRIBUTES do not match the QE Identity")
     for level in identity.tcb_levels:

@@ -1,0 +1,167 @@
+"""``inclavare verify`` and ``inclavare inspect``: check evidence offline, or just show it.
+
+``verify EVIDENCE`` takes a raw quote/report (binary or hex) or CoCo evidence JSON, auto-detects
+SGX/TDX/SNP, and verifies it: DCAP quotes against ``--collateral`` (dcap-qvl JSON shape) and the
+Intel SGX Root CA (or ``--trust-anchor``), SNP reports against ``--vcek`` and the ``--ca`` ASK/ARK
+chain. Exit 0 when it verifies (whatever the TCB status, which is printed); otherwise one error
+line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from inclavare.errors import ConfigError
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _parse_now(text: str | None) -> Any:
+    import datetime as dt
+
+    if text is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--now must be an ISO 8601 time such as 2025-07-01T00:00:00Z: {exc}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _certificates(path: str, what: str) -> list[Any]:
+    import warnings
+
+    from cryptography import x509
+
+    data = _read(path, what)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if b"-----BEGIN" in data:
+                return list(x509.load_pem_x509_certificates(data))
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError as exc:
+            raise ConfigError(f"{what} {path} holds no readable certificate: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready form of parsed structures (dataclasses → dicts, bytes → hex)."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.name not in ("raw", "der")}
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(result, sort_keys=False))
+        return
+    print(f"tee: {result['tee']}")
+    print(f"status: {result['status']}")
+    print(f"advisory_ids: {', '.join(result['advisory_ids']) or '-'}")
+    for key, value in result["claims"].items():
+        print(f"{key}: {value}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from inclavare.formats.collateral import Collateral
+    from inclavare.formats.evidence import load_evidence
+    from inclavare.verify.dcap import verify_quote
+    from inclavare.verify.evidence import SNP_STATUS
+    from inclavare.verify.snp import verify_snp_report
+
+    evidence = load_evidence(_read(args.evidence, "evidence"))
+    now = _parse_now(args.now)
+    if evidence.quote is not None:
+        if not args.collateral:
+            raise ConfigError("DCAP evidence needs --collateral FILE (dcap-qvl QuoteCollateralV3 JSON)")
+        collateral = Collateral.from_json(_read(args.collateral, "collateral"))
+        kwargs: dict[str, Any] = {}
+        if args.trust_anchor:
+            kwargs["trust_anchors"] = _certificates(args.trust_anchor, "trust anchor")
+        verified = verify_quote(evidence.quote, collateral, now=now, **kwargs)
+        result = {"tee": verified.tee, "status": verified.status,
+                  "advisory_ids": list(verified.advisory_ids), "claims": verified.claims_dict()}
+    else:
+        if not args.vcek or not args.ca:
+            raise ConfigError("SNP evidence needs --vcek FILE and --ca FILE (ASK and ARK)")
+        vcek = _certificates(args.vcek, "VCEK")[0]
+        report = evidence.snp_report
+        if report is None:
+            raise ConfigError("evidence is neither a DCAP quote nor an SNP report")
+        snp = verify_snp_report(report, vcek=vcek, ask_ark=_certificates(args.ca, "CA chain"), now=now)
+        result = {"tee": "snp", "status": SNP_STATUS, "advisory_ids": [], "claims": snp.claims}
+    _print(result, args.json)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from inclavare.formats.evidence import load_evidence
+
+    evidence = load_evidence(_read(args.evidence, "evidence"))
+    parsed: Any = evidence.quote if evidence.quote is not None else evidence.snp_report
+    data = {"tee": evidence.tee, "encoding": evidence.encoding, "size": len(evidence.raw),
+            "evidence": _plain(parsed)}
+    if args.json:
+        print(json.dumps(data))
+    else:
+        _print_tree(data, 0)
+    return 0
+
+
+def _print_tree(value: Any, depth: int) -> None:
+    pad = "  " * depth
+    for key, item in value.items():
+        if isinstance(item, dict):
+            print(f"{pad}{key}:")
+            _print_tree(item, depth + 1)
+        elif isinstance(item, str) and len(item) > 200:
+            print(f"{pad}{key}: {item[:96]}… ({len(item) // 2} bytes)")
+        else:
+            print(f"{pad}{key}: {item}")
+
+
+def add_parser(sub: Any) -> None:
+    verify = sub.add_parser("verify", help="verify SGX/TDX quotes and SNP reports offline",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify.add_argument("evidence", metavar="EVIDENCE",
+                        help="quote/report file (binary, hex or evidence JSON; - for stdin)")
+    verify.add_argument("--collateral", metavar="FILE",
+                        help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3 shape)")
+    verify.add_argument("--trust-anchor", metavar="PEM", help="root CA(s) to trust instead of the Intel SGX Root CA")
+    verify.add_argument("--vcek", metavar="FILE", help="SNP VCEK certificate (DER or PEM)")
+    verify.add_argument("--ca", metavar="FILE", help="SNP ASK and ARK certificates (PEM)")
+    verify.add_argument("--now", metavar="ISO8601", help="verification time (default: now)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=_verify)
+
+    inspect = sub.add_parser("inspect", help="print the fields of a quote or report without verifying")
+    inspect.add_argument("evidence", metavar="EVIDENCE",
+                         help="quote/report file (binary, hex or evidence JSON; - for stdin)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=_inspect)

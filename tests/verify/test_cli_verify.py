@@ -1,0 +1,68 @@
+"""``inclavare verify`` / ``inclavare inspect`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from testdata_paths import vector
+
+from inclavare.cli.main import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_sgx_prints_status(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "verify", str(vector("dcap", "sgx_quote")), "--collateral",
+                        str(vector("dcap", "sgx_quote_collateral.json")), "--now", "2025-07-01T00:00:00Z")
+    assert code == 0
+    assert "status: ConfigurationAndSWHardeningNeeded" in out and "INTEL-SA-00615" in out
+
+
+def test_verify_json_hex_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hex_quote = tmp_path / "quote.hex"
+    hex_quote.write_text("0x" + vector("dcap", "tdx_quote").read_bytes().hex())
+    code, out, _ = _run(capsys, "verify", str(hex_quote), "--collateral",
+                        str(vector("dcap", "tdx_quote_collateral.json")), "--now", "2025-07-01T00:00:00Z", "--json")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) >= {"tee", "status", "advisory_ids", "claims"}
+    assert result["tee"] == "tdx" and result["status"] == "UpToDate" and len(result["claims"]["mr_td"]) == 96
+
+
+def test_failure_is_one_line_and_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "verify", str(vector("dcap", "tdx_quote")), "--collateral",
+                          str(vector("dcap", "tdx_quote_collateral.json")), "--now", "2026-11-28T00:00:00Z")
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith("inclavare: error:") and "expired" in err
+
+
+@pytest.mark.parametrize("extra", [[], ["--collateral", "/nonexistent"], ["--now", "yesterday"]])
+def test_usage_errors(capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
+    args = ["verify", str(vector("dcap", "sgx_quote"))]
+    if extra[:1] == ["--now"]:
+        args += ["--collateral", str(vector("dcap", "sgx_quote_collateral.json"))]
+    code, _, err = _run(capsys, *args, *extra)
+    assert code != 0 and err.startswith("inclavare: error:")
+
+
+def test_verify_snp(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "verify", str(vector("snp", "attestation.bin")), "--vcek",
+                        str(vector("snp", "vcek.testcer")), "--ca", str(vector("snp", "ask_ark_milan.pem")),
+                        "--now", "2026-11-28T00:00:00Z", "--json")
+    assert code == 0 and json.loads(out)["claims"]["report_data"].startswith("0102030405")
+
+
+def test_inspect(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "inspect", str(vector("dcap", "tdx_quote_outdated")), "--json")
+    assert code == 0
+    parsed = json.loads(out)
+    assert parsed["tee"] == "tdx" and parsed["evidence"]["header"]["version"] == 5
+    assert len(parsed["evidence"]["report"]["mr_service_td"]) == 96
+    code, out, _ = _run(capsys, "inspect", str(vector("snp", "attestation.bin")))
+    assert code == 0 and "measurement:" in out
