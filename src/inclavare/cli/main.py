@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.measure_cmd",
     "inclavare.cli.epm_cmd",
     "inclavare.cli.kbs_cmd",
+    "inclavare.cli.ratls_cmd",
 )
 
 

@@ -1,0 +1,299 @@
+"""``inclavare ratls``: attested TLS — relays, certificate issuing, inspection and verification.
+
+    inclavare ratls serve   --listen HOST:PORT --forward HOST:PORT [--mutual] …
+    inclavare ratls connect --listen HOST:PORT --connect HOST:PORT [--mutual] …
+    inclavare ratls issue   --cert-out FILE --key-out FILE …
+    inclavare ratls inspect CERT.pem [--json]
+    inclavare ratls verify  CERT.pem [--json] …
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from inclavare.errors import ConfigError
+
+
+def _local_certificate_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("local certificate (where ours comes from)")
+    group.add_argument("--cert", metavar="PEM", help="use this RA-TLS certificate (with --key)")
+    group.add_argument("--key", metavar="PEM", help="private key of --cert")
+    group.add_argument("--attester", choices=("auto", "agent", "tsm", "sim"), default="auto",
+                       help="issue a fresh certificate from this TEE (default auto: the node "
+                            "agent socket if present, else configfs-tsm)")
+    group.add_argument("--agent-socket", metavar="PATH",
+                       help="node agent workload socket (default $INCLAVARE_AGENT_SOCKET or "
+                            "/run/inclavare/agent.sock)")
+    group.add_argument("--sim-authority", metavar="DIR",
+                       help="state directory of the simulated SGX authority (--attester sim)")
+    group.add_argument("--sim-mr-enclave", metavar="HEX",
+                       help="simulated MRENCLAVE for --attester sim (default random)")
+    group.add_argument("--key-type", choices=("ec-p256", "ec-p384"), default="ec-p256")
+    group.add_argument("--endorsements", action="store_true",
+                       help="embed the collateral in the certificate (2.23.133.5.4.2; sim only)")
+    group.add_argument("--legacy-extension", action="store_true",
+                       help="also carry the quote in the legacy 1.2.840.113741.1337.6 extension")
+    group.add_argument("--validity-days", type=float, default=30.0,
+                       help="validity of an issued certificate (default 30)")
+
+
+def _verification_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("peer verification")
+    group.add_argument("--trust-root", metavar="PEM", action="append", default=[],
+                       help="SGX root CA to trust; replaces the default Intel SGX Root CA "
+                            "('intel' names it). Repeatable. The simulated root must be given "
+                            "explicitly.")
+    group.add_argument("--collateral", metavar="JSON", action="append", default=[],
+                       help="DCAP collateral (dcap-qvl QuoteCollateralV3 JSON). Repeatable.")
+    group.add_argument("--no-endorsements", action="store_true",
+                       help="ignore collateral embedded in the peer's certificate")
+    group.add_argument("--policy", metavar="JSON", help="policy file (see docs/ratls.md)")
+    group.add_argument("--mr-enclave", metavar="HEX", action="append", default=[],
+                       help="expected MRENCLAVE (repeatable: any of them)")
+    group.add_argument("--mr-signer", metavar="HEX", action="append", default=[])
+    group.add_argument("--mr-td", metavar="HEX", action="append", default=[])
+    group.add_argument("--isv-prod-id", type=int)
+    group.add_argument("--min-isv-svn", type=int)
+    group.add_argument("--allow-tcb-status", metavar="STATUS", action="append", default=[],
+                       help="TCB status to accept (repeatable; default UpToDate)")
+    group.add_argument("--insecure-any-enclave", action="store_true",
+                       help="accept any genuine enclave (no identity pinned)")
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("ratls", help="attested TLS (RA-TLS): relays, certificates",
+                            description="Attested TLS with interoperable RA-TLS certificates.")
+    commands = parser.add_subparsers(dest="ratls_command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="RA-TLS in front of a plain TCP service")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
+    serve.add_argument("--forward", required=True, metavar="HOST:PORT")
+    serve.add_argument("--mutual", action="store_true",
+                       help="require and verify the client's RA-TLS certificate")
+    _local_certificate_options(serve)
+    _verification_options(serve)
+    serve.set_defaults(handler=_serve)
+
+    connect = commands.add_parser("connect", help="plain local port carried over RA-TLS")
+    connect.add_argument("--listen", required=True, metavar="HOST:PORT")
+    connect.add_argument("--connect", required=True, metavar="HOST:PORT")
+    connect.add_argument("--mutual", action="store_true",
+                         help="present our own RA-TLS certificate to the server")
+    _local_certificate_options(connect)
+    _verification_options(connect)
+    connect.set_defaults(handler=_connect)
+
+    issue = commands.add_parser("issue", help="issue an RA-TLS certificate from the current TEE")
+    issue.add_argument("--cert-out", required=True, metavar="FILE")
+    issue.add_argument("--key-out", required=True, metavar="FILE")
+    _local_certificate_options(issue)
+    issue.set_defaults(handler=_issue)
+
+    inspect = commands.add_parser("inspect", help="show an RA-TLS certificate's evidence and claims")
+    inspect.add_argument("certificate", metavar="CERT")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+
+    verify = commands.add_parser("verify", help="verify an RA-TLS certificate")
+    verify.add_argument("certificate", metavar="CERT")
+    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--at", metavar="RFC3339", help="verify at this time (default now)")
+    _verification_options(verify)
+    verify.set_defaults(handler=_verify)
+
+
+# -- building blocks from the options --------------------------------------------------------
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    import datetime as dt
+
+    from inclavare.ratls.attester import (
+        AgentAttester,
+        SimAuthorityAttester,
+        TsmAttester,
+        detect_attester,
+    )
+    from inclavare.ratls.issue import RatlsCredentials, issue_certificate
+
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            raise ConfigError("--cert and --key go together")
+        return RatlsCredentials.from_pem(_read(args.cert, "certificate"), _read(args.key, "key"))
+    attester: Any
+    if args.attester == "sim" or args.sim_authority:
+        if not args.sim_authority:
+            raise ConfigError("--attester sim needs --sim-authority DIR")
+        mr = _hex(args.sim_mr_enclave, 32, "--sim-mr-enclave") if args.sim_mr_enclave else None
+        attester = SimAuthorityAttester.from_state_dir(args.sim_authority, mr)
+    elif args.attester == "agent":
+        attester = AgentAttester(args.agent_socket)
+    elif args.attester == "tsm":
+        attester = TsmAttester()
+    elif args.agent_socket:
+        attester = AgentAttester(args.agent_socket)
+    else:
+        attester = detect_attester()
+    if not args.validity_days > 0:
+        raise ConfigError("--validity-days must be positive")
+    return issue_certificate(attester, key_type=args.key_type, endorsements=args.endorsements,
+                             legacy_extension=args.legacy_extension,
+                             validity=dt.timedelta(days=args.validity_days))
+
+
+def _hex(text: str, size: int, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be hex") from None
+    if len(value) != size:
+        raise ConfigError(f"{what} must be {size} bytes ({2 * size} hex digits)")
+    return value
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    from cryptography import x509
+
+    from inclavare.formats.collateral import Collateral
+    from inclavare.ratls.policy import RatlsPolicy, read_policy_document
+    from inclavare.ratls.verifier import RatlsVerifier
+    from inclavare.verify.evidence import TrustConfig
+    from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA
+
+    roots: list[x509.Certificate] = []
+    for path in args.trust_root or ["intel"]:
+        if path == "intel":
+            roots.append(INTEL_SGX_ROOT_CA)
+            continue
+        try:
+            roots.extend(x509.load_pem_x509_certificates(_read(path, "trust root")))
+        except ValueError as exc:
+            raise ConfigError(f"trust root {path} is not PEM certificates: {exc}") from None
+    collateral = []
+    for path in args.collateral:
+        try:
+            collateral.append(Collateral.from_json(_read(path, "collateral")))
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"collateral {path}: {exc}") from None
+    document: dict[str, Any] = read_policy_document(args.policy) if args.policy else {}
+    for name, values in (("mr_enclave", args.mr_enclave), ("mr_signer", args.mr_signer),
+                         ("mr_td", args.mr_td)):
+        if values:
+            known = document.get(name, ())
+            document[name] = (tuple([known] if isinstance(known, str) else known)
+                              + tuple(values))
+    if args.isv_prod_id is not None:
+        document["isv_prod_id"] = args.isv_prod_id
+    if args.min_isv_svn is not None:
+        document["min_isv_svn"] = args.min_isv_svn
+    if args.allow_tcb_status:
+        document["allowed_tcb_statuses"] = tuple(args.allow_tcb_status)
+    if args.insecure_any_enclave:
+        document["insecure_any_enclave"] = True
+    policy = RatlsPolicy.from_mapping(document)
+    trust = TrustConfig(sgx_root_cas=tuple(roots), collateral=tuple(collateral))
+    return RatlsVerifier(policy, trust, use_endorsements=not args.no_endorsements)
+
+
+def _run_relay(coroutine: Any) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s ratls %(levelname)s %(message)s")
+    asyncio.run(coroutine)
+    return 0
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    from inclavare.ratls import relay
+    from inclavare.ratls.tls import server_context
+
+    listen = relay.Endpoint.parse(args.listen, "--listen")
+    forward = relay.Endpoint.parse(args.forward, "--forward")
+    verifier = _verifier(args) if args.mutual else None
+    context = server_context(_credentials(args), verifier)
+    return _run_relay(relay.serve(listen, forward, context, ready=relay.print_ready("ratls serve")))
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from inclavare.ratls import relay
+    from inclavare.ratls.tls import client_context
+
+    listen = relay.Endpoint.parse(args.listen, "--listen")
+    remote = relay.Endpoint.parse(args.connect, "--connect")
+    verifier = _verifier(args)
+    context = client_context(verifier, _credentials(args) if args.mutual else None)
+    return _run_relay(relay.connect(listen, remote, context, ready=relay.print_ready("ratls connect")))
+
+
+def _issue(args: argparse.Namespace) -> int:
+    import os
+
+    from inclavare.atomic_file import write_atomic
+
+    credentials = _credentials(args)
+    write_atomic(args.key_out, credentials.private_key_pem(), 0o600)
+    write_atomic(args.cert_out, credentials.certificate_pem(), 0o644)
+    print(os.path.abspath(args.cert_out))
+    return 0
+
+
+def _print_fields(document: dict[str, Any], prefix: str = "") -> None:
+    for key, value in document.items():
+        if isinstance(value, dict):
+            _print_fields(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            print(f"{prefix}{key}: {', '.join(str(v) for v in value) if value else '-'}")
+        else:
+            text = "true" if value is True else "false" if value is False else value
+            print(f"{prefix}{key}: {text}")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from inclavare.ratls.inspection import describe_certificate
+
+    description = describe_certificate(_read(args.certificate, "certificate"))
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    summary = {k: v for k, v in description.items() if k != "evidence"}
+    _print_fields(summary)
+    for evidence in description["evidence"][1:]:
+        print(f"also: {evidence['format']} ({evidence['oid']}): pubkey_bound "
+              f"{'true' if evidence['pubkey_bound'] else 'false'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+
+    when = None
+    if args.at:
+        try:
+            when = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError("--at must be an RFC 3339 time, e.g. 2025-07-01T00:00:00Z") from None
+        if when.tzinfo is None:
+            raise ConfigError("--at needs a time zone (e.g. Z)")
+    verdict = _verifier(args).verify(_read(args.certificate, "certificate"), now=when)
+    if args.json:
+        print(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        _print_fields({"verified": True, **verdict.to_dict()})
+    return 0

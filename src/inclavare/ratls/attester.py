@@ -1,0 +1,203 @@
+"""Attesters: "the current TEE" that turns 64 bytes of report data into evidence.
+
+* :class:`AgentAttester` — inside an enclave container: the node agent's workload socket
+  (``/run/inclavare/agent.sock``, or ``$INCLAVARE_AGENT_SOCKET``), CoCo's ``GET /aa/evidence``.
+  The agent decides which enclave is asking from kernel facts, so the evidence names the
+  container's own measurement.
+* :class:`SimAuthorityAttester` — on a host with the simulated SGX authority (tests, tools):
+  quotes for a given simulated MRENCLAVE, plus the authority's collateral as endorsements.
+  The simulation protects nothing; its root must be configured explicitly to be trusted.
+* :class:`TsmAttester` — a TDX or SEV-SNP guest through Linux configfs-tsm
+  (``/sys/kernel/config/tsm/report``): write ``inblob``, read ``outblob``, check ``generation``.
+
+:func:`detect_attester` picks the agent when its socket exists, else configfs-tsm when the
+kernel offers it; there is no silent fallback to the simulation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote_from_bytes
+
+from inclavare.errors import AgentError, ConfigError, InclavareError, NotSupportedError
+from inclavare.formats.collateral import Collateral
+from inclavare.ratls.certificate import TAG_INTEL_TEE_QUOTE, TAG_SEV_SNP
+
+AGENT_SOCKET_ENV = "INCLAVARE_AGENT_SOCKET"
+IN_CONTAINER_AGENT_SOCKET = "/run/inclavare/agent.sock"
+TSM_REPORT_DIR = "/sys/kernel/config/tsm/report"
+MAX_EVIDENCE = 1 << 20
+
+
+class AttesterError(InclavareError):
+    """The TEE could not produce evidence."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvidence:
+    """Evidence for one report data: the quote/report bytes and the CBOR tag naming its format."""
+
+    tag: int
+    data: bytes
+
+
+@runtime_checkable
+class Attester(Protocol):
+    """Produces evidence whose report data is the given bytes (≤ 64, zero-padded)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def evidence(self, report_data: bytes) -> RawEvidence: ...
+
+    def endorsements(self) -> Collateral | None: ...
+
+
+def _check_report_data(report_data: bytes) -> bytes:
+    if not isinstance(report_data, bytes) or len(report_data) > 64:
+        raise ConfigError("report data is at most 64 bytes")
+    return report_data.ljust(64, b"\0")
+
+
+class AgentAttester:
+    """Evidence from the node agent's workload API (inside an enclave container)."""
+
+    name = "agent"
+
+    def __init__(self, socket_path: str | None = None, *, timeout: float = 30) -> None:
+        self.socket_path = socket_path or os.environ.get(AGENT_SOCKET_ENV) or IN_CONTAINER_AGENT_SOCKET
+        self.timeout = timeout
+
+    def evidence(self, report_data: bytes) -> RawEvidence:
+        from inclavare.services.agent.client import call
+
+        data = _check_report_data(report_data)
+        path = "/aa/evidence?runtime_data=" + quote_from_bytes(data, safe="")
+        try:
+            answer = call(self.socket_path, "GET", path, timeout=self.timeout)
+        except AgentError as exc:
+            raise AttesterError(f"the node agent gave no evidence: {exc}") from exc
+        quote = answer.get("quote") if isinstance(answer, dict) else None
+        if not isinstance(quote, str):
+            raise AttesterError("the node agent's evidence has no 'quote'")
+        try:
+            raw = base64.b64decode(quote, validate=True)
+        except binascii.Error:
+            raise AttesterError("the node agent's quote is not base64") from None
+        return RawEvidence(TAG_INTEL_TEE_QUOTE, raw)
+
+    def endorsements(self) -> Collateral | None:
+        return None
+
+
+class SimAuthorityAttester:
+    """Quotes from the simulated SGX authority for a simulated enclave identity (no protection:
+    whoever can read the authority's directory can mint these)."""
+
+    name = "sim"
+
+    def __init__(self, authority: object, mr_enclave: bytes, *, mr_signer: bytes | None = None,
+                 isv_prod_id: int = 0, isv_svn: int = 0, attributes: bytes | None = None) -> None:
+        from inclavare.tee.sim_authority import SimAuthority
+
+        if not isinstance(authority, SimAuthority):
+            raise ConfigError("SimAuthorityAttester needs a SimAuthority")
+        if len(mr_enclave) != 32:
+            raise ConfigError("mr_enclave is 32 bytes")
+        self.authority = authority
+        self.mr_enclave = mr_enclave
+        self.options: dict[str, Any] = {"isv_prod_id": isv_prod_id, "isv_svn": isv_svn}
+        if mr_signer is not None:
+            self.options["mr_signer"] = mr_signer
+        if attributes is not None:
+            self.options["attributes"] = attributes
+
+    @classmethod
+    def from_state_dir(cls, state_dir: str, mr_enclave: bytes | None = None) -> SimAuthorityAttester:
+        from inclavare.tee.sim_authority import SimAuthority
+
+        authority = SimAuthority.load_or_create(state_dir)
+        return cls(authority, mr_enclave if mr_enclave is not None else secrets.token_bytes(32))
+
+    def evidence(self, report_data: bytes) -> RawEvidence:
+        quote = self.authority.quote(self.mr_enclave, _check_report_data(report_data),  # type: ignore[attr-defined]
+                                     **self.options)
+        return RawEvidence(TAG_INTEL_TEE_QUOTE, quote)
+
+    def endorsements(self) -> Collateral | None:
+        collateral: Collateral = self.authority.collateral()  # type: ignore[attr-defined]
+        return collateral
+
+
+class TsmAttester:
+    """A TDX or SEV-SNP guest's evidence through configfs-tsm (Linux ≥ 6.7)."""
+
+    name = "tsm"
+    _TAGS = {"tdx_guest": TAG_INTEL_TEE_QUOTE, "sev_guest": TAG_SEV_SNP}
+
+    def __init__(self, report_dir: str = TSM_REPORT_DIR) -> None:
+        self.report_dir = report_dir
+
+    @staticmethod
+    def available(report_dir: str = TSM_REPORT_DIR) -> bool:
+        return os.path.isdir(report_dir)
+
+    def evidence(self, report_data: bytes) -> RawEvidence:
+        data = _check_report_data(report_data)
+        entry = os.path.join(self.report_dir, f"inclavare-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(entry)
+        except OSError as exc:
+            raise AttesterError(f"configfs-tsm: cannot create a report entry: {exc.strerror}") from None
+        try:
+            provider = self._read(entry, "provider").decode("ascii", "replace").strip()
+            tag = self._TAGS.get(provider)
+            if tag is None:
+                raise NotSupportedError(f"configfs-tsm provider {provider!r} is not supported "
+                                        "(tdx_guest, sev_guest)")
+            before = int(self._read(entry, "generation") or b"0")
+            with open(os.path.join(entry, "inblob"), "wb") as handle:
+                handle.write(data)
+            blob = self._read(entry, "outblob")
+            after = int(self._read(entry, "generation") or b"0")
+            if after != before + 1:
+                raise AttesterError("configfs-tsm: another writer raced this report; try again")
+            return RawEvidence(tag, blob)
+        except OSError as exc:
+            raise AttesterError(f"configfs-tsm: {exc.strerror or exc}") from None
+        except ValueError:
+            raise AttesterError("configfs-tsm: unreadable generation counter") from None
+        finally:
+            try:
+                os.rmdir(entry)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _read(entry: str, name: str) -> bytes:
+        with open(os.path.join(entry, name), "rb") as handle:
+            data = handle.read(MAX_EVIDENCE + 1)
+        if len(data) > MAX_EVIDENCE:
+            raise AttesterError(f"configfs-tsm: {name} is too large")
+        return data
+
+    def endorsements(self) -> Collateral | None:
+        return None
+
+
+def detect_attester() -> Attester:
+    """The node agent when its socket exists (enclave containers), else configfs-tsm (TDX/SNP
+    guests); ConfigError when this environment offers no TEE."""
+    socket_path = os.environ.get(AGENT_SOCKET_ENV) or IN_CONTAINER_AGENT_SOCKET
+    if os.path.exists(socket_path):
+        return AgentAttester(socket_path)
+    if TsmAttester.available():
+        return TsmAttester()
+    raise ConfigError("no TEE found: no node agent socket at "
+                      f"{socket_path} and no configfs-tsm at {TSM_REPORT_DIR} (use a certificate "
+                      "file, or the simulated authority explicitly)")

@@ -1,0 +1,104 @@
+"""Fixtures for RA-TLS: a simulated SGX authority, attesters, verifiers and certificate surgery."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from inclavare.ratls.attester import SimAuthorityAttester
+from inclavare.ratls.policy import RatlsPolicy
+from inclavare.ratls.verifier import RatlsVerifier
+from inclavare.tee.sim_authority import SimAuthority
+from inclavare.verify.evidence import TrustConfig
+from tests.conftest import SHARED_TESTDATA
+
+RATLS_DATA = SHARED_TESTDATA / "ratls"
+MR_A = bytes.fromhex("aa" * 32)
+MR_B = bytes.fromhex("bb" * 32)
+
+
+@pytest.fixture(scope="session")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
+    return SimAuthority.load_or_create(str(tmp_path_factory.mktemp("sim-authority")))
+
+
+@pytest.fixture(scope="session")
+def attester_a(authority: SimAuthority) -> SimAuthorityAttester:
+    return SimAuthorityAttester(authority, MR_A)
+
+
+@pytest.fixture(scope="session")
+def attester_b(authority: SimAuthority) -> SimAuthorityAttester:
+    return SimAuthorityAttester(authority, MR_B)
+
+
+@pytest.fixture(scope="session")
+def sim_trust(authority: SimAuthority) -> TrustConfig:
+    """Trusts the simulated root, with the authority's collateral configured."""
+    return TrustConfig(sgx_root_cas=(authority.root_ca,), collateral=(authority.collateral(),))
+
+
+VerifierFactory = Callable[..., RatlsVerifier]
+
+
+@pytest.fixture
+def make_verifier(sim_trust: TrustConfig) -> VerifierFactory:
+    def make(trust: TrustConfig | None = None, **policy: object) -> RatlsVerifier:
+        use_endorsements = bool(policy.pop("use_endorsements", True))
+        if not policy:
+            policy = {"mr_enclave": (MR_A,)}
+        return RatlsVerifier(RatlsPolicy(**policy), trust or sim_trust,  # type: ignore[arg-type]
+                             use_endorsements=use_endorsements)
+
+    return make
+
+
+def shared_certificate(name: str) -> bytes:
+    path = RATLS_DATA / name
+    if not path.is_file():
+        pytest.skip(f"shared test data {path} is absent (CI places ../shared beside the clone)")
+    return path.read_bytes()
+
+
+def build_certificate(extensions: Sequence[tuple[str, bytes]], *,
+                      key: ec.EllipticCurvePrivateKey | None = None,
+                      issuer_key: ec.EllipticCurvePrivateKey | None = None,
+                      not_before: dt.datetime | None = None, days: float = 1,
+                      critical: bool = False) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """A certificate with the given raw extensions (OID, value) for ``key`` (fresh P-256 by
+    default), self-signed unless ``issuer_key`` is given. Returns (DER, key)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other issuer")]) if issuer_key else name
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days)))
+    for oid, value in extensions:
+        builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value),
+                                        critical=critical)
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return cert.public_bytes(Encoding.DER), key
+
+
+def extensions_of(der: bytes) -> list[tuple[str, bytes]]:
+    """The non-id-ce extensions of a certificate, as (dotted OID, value); read with the strict
+    DER reader because cryptography refuses Gramine's certificate."""
+    from inclavare.formats.der import oid_text
+    from inclavare.formats.x509_view import CertificateView
+
+    return [(oid_text(e.oid), e.value) for e in CertificateView.parse(der).extensions
+            if not e.oid.startswith(b"\x55\x1d")]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return RATLS_DATA
