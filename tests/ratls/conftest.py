@@ -18,7 +18,7 @@ from inclavare.ratls.policy import RatlsPolicy
 from inclavare.ratls.verifier import RatlsVerifier
 from inclavare.tee.sim_authority import SimAuthority
 from inclavare.verify.evidence import TrustConfig
-from tests.conftest import SHARED_TESTDATA
+from tests.testdata_paths import TESTDATA as SHARED_TESTDATA
 
 RATLS_DATA = SHARED_TESTDATA / "ratls"
 MR_A = bytes.fromhex("aa" * 32)

@@ -20,7 +20,7 @@ from inclavare.ratls.inspection import describe_certificate
 from inclavare.ratls.policy import RatlsPolicy
 from inclavare.ratls.verifier import RatlsVerifier, UnsupportedEvidence
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee
-from tests.conftest import SHARED_TESTDATA
+from tests.testdata_paths import TESTDATA as SHARED_TESTDATA
 from tests.ratls.conftest import build_certificate
 
 SNP = SHARED_TESTDATA / "snp"

@@ -252,7 +252,7 @@ def test_ca_signed_ratls_certificate_binds_by_evidence(attester_a: SimAuthorityA
 
 
 def test_collateral_for_another_platform_is_not_used(cert_a: bytes, authority: SimAuthority) -> None:
-    from tests.conftest import SHARED_TESTDATA
+    from tests.testdata_paths import TESTDATA as SHARED_TESTDATA
 
     path = SHARED_TESTDATA / "dcap" / "sgx_quote_collateral.json"
     if not path.is_file():
