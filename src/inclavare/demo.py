@@ -118,7 +118,8 @@ def run_demo(rune: str | None = None, keep: bool = False) -> int:
         _run(demo)
         print("\nSummary")
         for i, (title, detail) in enumerate(demo.steps, 1):
-            print(f"  {i:>2}. {title}" + (f" — {detail}" if detail and len(detail) < 90 else ""))
+            short = detail if len(detail) <= 72 else detail[:69] + "..."
+            print(f"  {i:>2}. {title}" + (f"\n      {short}" if short else ""))
         print("demo passed")
         return 0
     except (InclavareError, subprocess.TimeoutExpired, OSError) as exc:
