@@ -102,17 +102,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _load_signing_key(path: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from inclavare.crypto.key_files import load_private_key
     from inclavare.errors import ConfigError
 
-    try:
-        with open(path, "rb") as fh:
-            key = load_pem_private_key(fh.read(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"cannot read admin key {path}: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"admin key {path} is not an unencrypted PEM private key") from exc
+    key = load_private_key(path, "admin key")
     if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
         raise ConfigError(f"admin key {path} must be Ed25519 or P-256")
     return key

@@ -16,6 +16,7 @@ from inclavare.formats.strict_json import (
     require_object,
     require_str,
 )
+from inclavare.formats.tcb_info import IsvTcbLevel as QeTcbLevel
 from inclavare.formats.tcb_info import TcbStatus
 
 _KNOWN = frozenset({
@@ -23,14 +24,6 @@ _KNOWN = frozenset({
     "miscselectMask", "attributes", "attributesMask", "mrsigner", "isvprodid", "tcbLevels", "tcb",
     "isvsvn", "tcbDate", "tcbStatus", "advisoryIDs",
 })
-
-
-@dataclass(frozen=True, slots=True)
-class QeTcbLevel:
-    isv_svn: int
-    tcb_date: str
-    status: TcbStatus
-    advisory_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,11 +84,16 @@ class TdxModule:
 
 
 @dataclass(frozen=True, slots=True)
-class TdxModuleTcbLevel:
+class IsvTcbLevel:
+    """A TCB level keyed by one ISV SVN (QE identity levels, TDX module identity levels)."""
+
     isv_svn: int
     tcb_date: str
     status: TcbStatus
     advisory_ids: tuple[str, ...]
+
+
+TdxModuleTcbLevel = IsvTcbLevel
 
 
 @dataclass(frozen=True, slots=True)

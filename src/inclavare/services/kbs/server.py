@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from inclavare.crypto.key_files import load_private_key
 from inclavare.errors import ConfigError
 from inclavare.policy.rego_policy import PolicyCache
 from inclavare.services.kbs.admin_auth import AdminAuth, load_admin_key
@@ -35,13 +35,7 @@ def load_token_key(path: str | None) -> ec.EllipticCurvePrivateKey:
         log.info("attestation tokens signed with a per-process key (set [attestation] "
                  "token_signing_key so tokens survive restarts and work across replicas)")
         return ec.generate_private_key(ec.SECP256R1())
-    try:
-        with open(path, "rb") as fh:
-            key = load_pem_private_key(fh.read(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"cannot read token_signing_key {path}: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"token_signing_key {path} is not an unencrypted PEM private key") from exc
+    key = load_private_key(path, "token_signing_key")
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"token_signing_key {path} must be a P-256 (ES256) private key")
     return key
