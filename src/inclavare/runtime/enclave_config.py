@@ -193,6 +193,10 @@ def _validate(etype: str, v: dict[str, str]) -> EnclaveConfig:
     if etype != TYPE_SIM and not v["runtime_path"]:
         raise EnclaveConfigError(
             "enclave runtime path is not configured (set enclave.runtime.path or ENCLAVE_RUNTIME_PATH)")
+    path = v["runtime_path"]
+    if "/" in path and not path.startswith("/"):
+        raise EnclaveConfigError(f"enclave runtime path {_one_line(path)} must be absolute "
+                                 "(or the name of an installed enclave runtime)")
     for key in ("runtime_path", "runtime_args", "ra_epid_spid", "ra_epid_subscription_key"):
         if "\x00" in v[key]:
             raise EnclaveConfigError(f"{SOURCES[key][1]} must not contain NUL bytes")

@@ -43,9 +43,11 @@ SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from inclavare.runtime.bundle import Spec
+    from inclavare.runtime.enclave_create import Host
 
 SGX_DEVICES = ("/dev/sgx_enclave", "/dev/sgx_provision", "/dev/sgx/enclave", "/dev/sgx/provision",
                "/dev/isgx", "/dev/gsgx")
@@ -174,40 +176,42 @@ def agent_socket() -> str:
     return agent_paths.default_control_socket()
 
 
-def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord,
-                    inv: Invocation, log: RuneLog, runc: str = "") -> PreparedEnclave:
+def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord, log: RuneLog, runc: str,
+                    host: Host, register: Callable[[dict[str, Any]], None]) -> PreparedEnclave:
+    """Resolve the runtime, inject the TEE's mounts/devices, measure, register: ``spec`` is
+    rewritten in place; ``register`` hands the registration to the agent."""
     config = request.config
     assert config is not None
     runtime = resolve_runtime(config)
     _require_private_pid_namespace(spec)
-    socket_path = agent_socket()
+    socket_path = host.agent_socket
     workload_dir = agent_paths.workload_dir_for(socket_path)
     if not os.path.isdir(workload_dir):
         raise ConfigError(f"node agent not running (no {workload_dir}); start `inclavare agent serve`")
 
     inject_tee(spec, config, workload_dir)
 
-    from inclavare.tee.epm import DEFAULT_EPM_DIR, EnclavePool
+    from inclavare.tee.epm import EnclavePool
     from inclavare.tee.measurement import measure, mount_destinations, parse_trusted_arg
 
     process = spec.get("process") or {}
     enclave_doc = runtime.measured_config(config)
     result = measure(rootfs_path(spec, record.bundle), process, enclave_doc,
                      trusted=parse_trusted_arg(config.runtime_args), excluded=mount_destinations(spec),
-                     pool=EnclavePool(os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR))
+                     pool=EnclavePool(host.epm_dir))
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
     log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
               f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")
     if not runtime.direct_launch:
         from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt, plan_runelet_launch
 
-        rt_dir = ensure_runelet_rt(os.environ.get(RUNELET_DIR_ENV) or DEFAULT_RUNELET_DIR,
+        rt_dir = ensure_runelet_rt(host.runelet_dir,
                                    pal_libraries=[runtime.ref] if "/" in runtime.ref else [])
         os.makedirs(record.directory, mode=0o700, exist_ok=True)
         plan_runelet_launch(spec, runtime_ref=runtime.ref, runtime_args=config.runtime_args,
                             log_level=config.log_level, rt_dir=rt_dir, private_dir=record.directory)
 
-    agent_client.call(socket_path, "POST", "/v1/containers", {
+    register({
         "id": record.id, "root": os.path.abspath(record.root), "runc": runc or "/usr/sbin/runc",
         "bundle": record.bundle, "measurement": result.hex, "enclave": config.as_dict(),
         "runtime": runtime.ref, "cleanup": record.directory,

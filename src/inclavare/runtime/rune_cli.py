@@ -15,10 +15,9 @@ import os
 import posix
 
 from inclavare.errors import ConfigError, InclavareError
-from inclavare.runtime.bundle import absolutize, load_spec, write_bundle
-from inclavare.runtime.enclave_config import EnclaveRequest, read_enclave_request, validate_runtime_path
+from inclavare.runtime.bundle import write_bundle
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS, Invocation, exec_runc, valid_id
+from inclavare.runtime.rune_entry import Invocation, exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
 
 TYPE_CHECKING = False
@@ -75,53 +74,31 @@ def _package_version() -> str:
 
 
 def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
-    try:
-        spec = load_spec(inv.bundle)
-    except ConfigError:
-        exec_runc(runc, inv.argv)  # runc reports a broken bundle in its own words
-    request = read_enclave_request(spec)
-    if request.config is not None:
-        from inclavare.runtime.enclave_lifecycle import is_sandbox
+    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, Host, plan_create
 
-        if is_sandbox(spec):  # a pod's pause container: the workload containers get the enclaves
-            request = EnclaveRequest(None, request.env, request.removed)
-    if request.config is None and not request.env_changed:
+    host = Host.from_environment()
+    plan = plan_create(inv, runc, log, host, register=lambda doc: _register(host, doc))
+    if plan.kind == RUNC:
         exec_runc(runc, inv.argv)
-    cid = inv.container_id
-    if not valid_id(cid):
-        exec_runc(runc, inv.argv)  # runc reports a missing or invalid container id
-    _refuse_duplicate(inv, runc, cid)
+    if plan.kind == ENCLAVE:
+        # runc takes over this process, as for plain containers: same stdio, signals and exit
+        # status. Should it fail or the container end, the agent forgets the registration and
+        # removes the record once runc no longer knows the container.
+        exec_runc(runc, plan.argv)
+    assert plan.record is not None and plan.spec is not None
+    return _run_with_stripped_env(inv, runc, plan.spec, plan.record)
 
-    new_spec = absolutize(spec, inv.bundle)
-    process = new_spec.get("process")
-    if isinstance(process, dict):
-        process["env"] = list(request.env)
-    record = ContainerRecord(id=cid, root=inv.root, bundle=os.path.abspath(inv.bundle), private_bundle="")
-    record.private_bundle = os.path.join(record.directory, "bundle")
 
-    if request.config is None:
-        return _run_with_stripped_env(inv, runc, new_spec, record)
+def _register(host: object, doc: dict) -> None:  # type: ignore[type-arg]
+    from inclavare.services.agent import client as agent_client
 
-    from inclavare.runtime.enclave_lifecycle import prepare_enclave
-
-    validate_runtime_path(request.config)
-    prepared = prepare_enclave(request, new_spec, record, inv, log, runc)
-    try:
-        write_bundle(record.private_bundle, new_spec)
-        record.save(runelet=prepared.runelet)
-    except BaseException:
-        prepared.release(record)
-        record.remove()
-        raise
-    # runc takes over this process, as for plain containers: same stdio, signals and exit
-    # status. Should it fail or the container end, the agent forgets the registration and
-    # removes the record once runc no longer knows the container.
-    exec_runc(runc, with_bundle(inv, record.private_bundle))
-    return 1  # not reached
+    agent_client.call(host.agent_socket, "POST", "/v1/containers", doc)  # type: ignore[attr-defined]
 
 
 def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: ContainerRecord) -> int:  # type: ignore[type-arg]
     """Upstream consumes ``ENCLAVE_TYPE=`` even when it selects no enclave: run a copy without it."""
+    from inclavare.runtime.enclave_create import with_bundle
+
     write_bundle(record.private_bundle, spec)
     record.save()
     gone = True
@@ -133,7 +110,7 @@ def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: Conta
         elif rc == 0 and not foreground_run:
             gone = False
         else:
-            gone = not runc_knows(inv, runc, record.id)
+            gone = not runc_knows(record.root, runc, record.id)
         return rc
     finally:
         if gone:
@@ -142,40 +119,6 @@ def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: Conta
 
 def _flag(inv: Invocation, *names: str) -> bool:
     return any(inv.flags.get(n, "false") not in ("false", "0") for n in names if n in inv.flags)
-
-
-def _refuse_duplicate(inv: Invocation, runc: str, cid: str) -> None:
-    old = ContainerRecord.load(inv.root, cid)
-    if old is None:
-        return
-    if runc_knows(inv, runc, cid):
-        raise InclavareError(f"container with id exists: {cid}")
-    old.remove()  # stale: runc no longer knows the container
-
-
-def with_bundle(inv: Invocation, bundle: str) -> list[str]:
-    """The invocation's argv with its bundle replaced (``--bundle`` placed right after the command)."""
-    argv = inv.argv
-    head = argv[: inv.command_index + 1]
-    value_flags = COMMAND_VALUE_FLAGS.get(inv.command, frozenset())
-    out: list[str] = []
-    i = inv.command_index + 1
-    n = len(argv)
-    while i < n:
-        arg = argv[i]
-        if arg == "--" or not arg.startswith("-") or arg == "-":
-            out.extend(argv[i:])
-            break
-        name, eq, _ = arg.lstrip("-").partition("=")
-        if name in ("bundle", "b"):
-            i += 1 if eq else 2
-            continue
-        out.append(arg)
-        if not eq and name in value_flags and i + 1 < n:
-            out.append(argv[i + 1])
-            i += 1
-        i += 1
-    return [*head, "--bundle", bundle, *out]
 
 
 # -- children -------------------------------------------------------------------------------
@@ -221,13 +164,13 @@ def wait_child(pid: int, forward_signals: bool = False) -> int:
     return 128 - code if code < 0 else code
 
 
-def runc_knows(inv: Invocation, runc: str, cid: str) -> bool:
-    return wait_child(spawn(runc, ["--root", inv.root, "state", cid], quiet=True)) == 0
+def runc_knows(root: str, runc: str, cid: str) -> bool:
+    return wait_child(spawn(runc, ["--root", root, "state", cid], quiet=True)) == 0
 
 
 def delete(inv: Invocation, runc: str, record: ContainerRecord) -> int:
     rc = wait_child(spawn(runc, inv.argv), forward_signals=True)
-    if rc == 0 or not runc_knows(inv, runc, record.id):
+    if rc == 0 or not runc_knows(inv.root, runc, record.id):
         record.remove()
     return rc
 

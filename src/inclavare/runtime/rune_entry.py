@@ -152,9 +152,9 @@ def exists(path: str) -> bool:
     return True
 
 
-def state_path(root: str, container_id: str) -> str:
+def state_path(root: str, container_id: str, base: str = "") -> str:
     """Where rune keeps what it knows of an enclave container (mirrors runc's --root)."""
-    base = getenv(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+    base = base or getenv(STATE_DIR_ENV) or DEFAULT_STATE_DIR
     return abspath(base) + abspath(root) + "/" + container_id
 
 

@@ -14,7 +14,8 @@ from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.runtime.rune_entry import RUNELET_MARKER, state_path
 
-FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measurement", "created", "extra")
+FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measurement", "created", "extra",
+          "state_base")
 
 
 class ContainerRecord:
@@ -24,7 +25,8 @@ class ContainerRecord:
 
     def __init__(self, id: str, root: str, bundle: str, private_bundle: str,  # noqa: A002
                  enclave: dict[str, str] | None = None, runtime: str = "", measurement: str = "",
-                 created: float | None = None, extra: dict[str, object] | None = None) -> None:
+                 created: float | None = None, extra: dict[str, object] | None = None,
+                 state_base: str = "") -> None:
         self.id = id
         self.root = root
         self.bundle = bundle  # the caller's bundle
@@ -34,10 +36,11 @@ class ContainerRecord:
         self.measurement = measurement  # hex
         self.created = time.time() if created is None else created
         self.extra = extra or {}
+        self.state_base = state_base  # "" = rune's default (environment)
 
     @property
     def directory(self) -> str:
-        return state_path(self.root, self.id)
+        return state_path(self.root, self.id, self.state_base)
 
     def save(self, runelet: bool = False) -> None:
         doc = {k: getattr(self, k) for k in FIELDS}
@@ -46,8 +49,8 @@ class ContainerRecord:
             write_atomic(os.path.join(self.directory, RUNELET_MARKER), b"", durable=False)
 
     @classmethod
-    def load(cls, root: str, container_id: str) -> "ContainerRecord | None":
-        path = os.path.join(state_path(root, container_id), "record.json")
+    def load(cls, root: str, container_id: str, state_base: str = "") -> "ContainerRecord | None":
+        path = os.path.join(state_path(root, container_id, state_base), "record.json")
         try:
             with open(path, "rb") as f:
                 data = fastjson.loads(f.read())
