@@ -32,12 +32,27 @@ def runc_bin() -> str:
 
 @pytest.fixture(scope="session")
 def rune_bin(runc_bin: str) -> str:
-    """The fast launcher `make setup` writes (falls back to writing one for this interpreter)."""
+    """The launcher `make setup` installs (native when a C compiler is present)."""
     path = _venv_bin("rune")
     with open(path, "rb") as f:
-        if b"-IS" not in f.readline():
-            pytest.fail(f"{path} is not the fast launcher; run `make setup`")
+        head = f.read(64)
+    if not (head.startswith(b"\x7fELF") or b"-IS" in head.split(b"\n", 1)[0]):
+        pytest.fail(f"{path} is not a rune launcher; run `make setup`")
     return path
+
+
+@pytest.fixture(scope="session")
+def launchers(tmp_path_factory: pytest.TempPathFactory, runc_bin: str) -> dict[str, str]:
+    """Both rune launchers, freshly built: the native one and the Python (-I -S) one."""
+    from inclavare.runtime.launcher import install_launcher
+
+    out = tmp_path_factory.mktemp("launchers")
+    built = {}
+    for kind in ("native", "python"):
+        path = str(out / f"rune-{kind}")
+        assert install_launcher(path, runc_bin, kind) == kind
+        built[kind] = path
+    return built
 
 
 @pytest.fixture(scope="session")

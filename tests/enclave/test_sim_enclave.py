@@ -167,6 +167,25 @@ def test_exit_codes_signals_and_exec_keep_container_semantics(rune: Rune, bundle
     assert rune("delete", "sig1").returncode == 0
 
 
+@pytest.mark.parametrize("annotations,message", [
+    ({"enclave.type": "sgx"}, "enclave type sgx is not supported"),
+    ({"enclave.type": "sim", "enclave.runtime.path": "nosuch"}, "unknown enclave runtime 'nosuch'"),
+    ({"enclave.type": "intelSgx", "enclave.runtime.path": "/nonexistent/liberpal.so"}, "does not exist"),
+])
+def test_errors_planned_by_the_agent_reach_the_log(rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory,
+                                                   tmp_path: Path, annotations: dict[str, str], message: str) -> None:
+    """With an agent running, the native launcher has the agent plan the container: its
+    refusal must reach the caller exactly as rune's own errors do (runc's log format)."""
+    bundle = bundle_factory(["/bin/echo", "must not run"], annotations=annotations)
+    log = tmp_path / "log.json"
+    r = rune("--log", str(log), "--log-format", "json", "create", "--bundle", bundle, "agent-refused")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("rune: ") and message in r.stderr
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and message in entry["msg"]
+    assert "agent-refused" not in {c["id"] for c in agent.containers()}
+
+
 def test_enclave_needs_its_own_pid_namespace(rune: Rune, bundle_factory: BundleFactory) -> None:
     bundle = bundle_factory(["/bin/true"], annotations=SIM)
     spec = json.loads(Path(bundle, "config.json").read_text())
@@ -204,3 +223,18 @@ def test_recycled_namespace_inode_never_inherits_an_identity(tmp_path: Path) -> 
     finally:
         child.kill()
         child.wait()
+
+
+def test_python_launcher_plans_enclaves_itself(launchers: dict[str, str], runc_root: str, agent: AgentProcess,
+                                              bundle_factory: BundleFactory, enclave_env: dict[str, str]) -> None:
+    """Without the native launcher, rune's Python path plans the enclave in its own process: same
+    measurement, same registration, same evidence."""
+    import subprocess
+
+    bundle = bundle_factory([ATTEST, "evidence", "--runtime-data", "py"], annotations=SIM)
+    r = subprocess.run([launchers["python"], "--root", runc_root, "run", "--bundle", bundle, "py1"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 0, r.stderr
+    claims = verify_sim_evidence(agent, r.stdout).claims
+    assert claims.mr_enclave.hex() == measure(bundle, enclave_env)
+    assert claims.report_data.rstrip(b"\0") == b"py"

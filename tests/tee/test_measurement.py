@@ -109,6 +109,7 @@ def test_pool_hit_skips_reading_and_any_change_invalidates(rootfs: str, tmp_path
     assert len(pool.entries()) == 2
     assert pool.remove(pool.entries()[0].key[:8])
     assert len(pool.clear()) == 1 and pool.entries() == []
+    assert not measure(rootfs, PROCESS, ENCLAVE, pool=pool).cached  # `epm rm` also empties a live pool
 
 
 def test_damaged_pool_entry_is_recomputed(rootfs: str, tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_damaged_pool_entry_is_recomputed(rootfs: str, tmp_path: Path) -> None:
     good = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
     for f in (tmp_path / "epm" / "entries").iterdir():
         f.write_text('{"format": 1, "key": "garbage"')
-    again = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    again = measure(rootfs, PROCESS, ENCLAVE, pool=EnclavePool(str(tmp_path / "epm")))  # a new process
     assert again.measurement == good.measurement and not again.cached
 
 

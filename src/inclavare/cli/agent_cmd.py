@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from inclavare.runtime.prepare_service import PREPARE_PATH, make_prepare_handler
     from inclavare.services.agent.paths import default_control_socket
     from inclavare.services.agent.server import serve
 
-    return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url)
+    return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url,
+                 extra_control={PREPARE_PATH: make_prepare_handler})

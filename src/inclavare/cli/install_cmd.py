@@ -9,16 +9,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser(
         "install-rune",
         help="write the fast rune launcher",
-        description="Write a rune launcher that starts Python without site (-I -S) and calls "
-                    "the given runc. Point containerd, podman or Docker at the written file.")
+        description="Write the rune launcher container engines call: a small native program that "
+                    "execs runc directly when no enclave is involved (or, without a C compiler, a "
+                    "script that starts Python without site). Point containerd, podman or Docker at it.")
     p.add_argument("--output", default="/usr/local/bin/rune", help="where to write (default: %(default)s)")
     p.add_argument("--runc", default=None, help="runc binary rune delegates to (default: runc on PATH)")
+    p.add_argument("--kind", choices=("auto", "native", "python"), default="auto",
+                   help="native: a small C launcher (no interpreter unless needed; needs cc); python: "
+                        "a -I -S script; auto: native when it builds (default)")
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from inclavare.runtime.launcher import install_launcher
 
-    path = install_launcher(args.output, args.runc)
-    print(f"rune launcher written to {path}")
+    kind = install_launcher(args.output, args.runc, args.kind)
+    print(f"rune launcher ({kind}) written to {args.output}")
     return 0

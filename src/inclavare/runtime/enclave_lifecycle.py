@@ -191,14 +191,14 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
 
     inject_tee(spec, config, workload_dir)
 
-    from inclavare.tee.epm import EnclavePool
+    from inclavare.tee.epm import pool_for
     from inclavare.tee.measurement import measure, mount_destinations, parse_trusted_arg
 
     process = spec.get("process") or {}
     enclave_doc = runtime.measured_config(config)
     result = measure(rootfs_path(spec, record.bundle), process, enclave_doc,
                      trusted=parse_trusted_arg(config.runtime_args), excluded=mount_destinations(spec),
-                     pool=EnclavePool(host.epm_dir))
+                     pool=pool_for(host.epm_dir))
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
     log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
               f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")

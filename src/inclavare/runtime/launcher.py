@@ -1,11 +1,18 @@
-"""The fast ``rune`` launcher.
+"""The fast ``rune`` launchers.
 
-The script pip generates starts the interpreter with ``site``, which costs 4-40 ms on every
-runtime call (a container lifecycle makes four or more). The launcher written here runs the
-interpreter with ``-I -S`` (no site, no user paths) and puts exactly the two directories rune
-needs on ``sys.path``: the one holding the ``inclavare`` package and the interpreter's
-site-packages (for the slow path's dependencies). The runc path is baked in at install time,
-because container engines do not pass their environment to runtimes reliably.
+Container engines call the runtime four or more times per container. Two launchers exist:
+
+* **native** (default when a C compiler is present): ``src/inclavare/native/rune.c``, compiled
+  statically with the runc path and the interpreter baked in. It decides without any interpreter
+  and execs runc for every call runc can take unchanged; for enclave ``create``/``run`` it asks
+  the running node agent to plan the container (``POST /v1/prepare``); only the rest (attest,
+  delete/state of enclave containers, ...) starts Python.
+* **python**: a script run by the interpreter with ``-I -S`` (no site, no user paths; the pip
+  script's ``site`` costs 4-40 ms per call) that puts exactly the package directory and the
+  interpreter's site-packages on ``sys.path``.
+
+The runc path is baked in at install time, because container engines do not pass their
+environment to runtimes reliably (``INCLAVARE_RUNC`` still overrides it).
 """
 
 from __future__ import annotations
@@ -34,16 +41,8 @@ def base_interpreter() -> str:
 
 
 def launcher_text(runc: str, python: str | None = None) -> str:
-    import inclavare
-
     python = python or base_interpreter()
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(inclavare.__file__)))
-    paths = sysconfig.get_paths()
-    site_dirs = []
-    for key in ("purelib", "platlib"):
-        d = paths[key]
-        if d not in site_dirs and d != package_parent:
-            site_dirs.append(d)
+    package_parent, site_dirs = _python_paths()
     return TEMPLATE.format(python=python, package_parent=package_parent,
                            site_dirs=site_dirs, runc=runc)
 
@@ -60,8 +59,66 @@ def resolve_runc(runc: str | None) -> str:
     return candidate
 
 
-def install_launcher(output: str, runc: str | None = None) -> str:
-    text = launcher_text(resolve_runc(runc))
+def _python_paths() -> tuple[str, list[str]]:
+    import inclavare
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(inclavare.__file__)))
+    paths = sysconfig.get_paths()
+    site_dirs = [d for d in dict.fromkeys((paths["purelib"], paths["platlib"])) if d != package_parent]
+    return package_parent, site_dirs
+
+
+def slow_path_code(runc: str) -> str:
+    """What the native launcher runs as ``python -I -S -c CODE ARGS``."""
+    package_parent, site_dirs = _python_paths()
+    return (f"import sys;sys.path.insert(0,{package_parent!r});sys.path.extend({site_dirs!r});"
+            f"from inclavare.runtime.rune_entry import main;sys.exit(main(sys.argv[1:],{runc!r}))")
+
+
+def build_native(output: str, runc: str) -> str:
+    """Compile the native launcher to ``output``; ConfigError when it cannot be built."""
+    import shutil
+    import subprocess
+
+    from inclavare.native.build import source_text
+
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise ConfigError("no C compiler for the native rune launcher (apt-get install gcc libc6-dev)")
+    constants = {"RUNE_RUNC": runc, "RUNE_PYTHON": base_interpreter(), "RUNE_PYCODE": slow_path_code(runc)}
+    for name, value in constants.items():
+        if any(c in value for c in '"\\\n'):
+            raise ConfigError(f"cannot embed {name} in the native launcher: {value!r}")
+    src = output + ".tmp.c"
+    tmp = output + ".tmp"
+    with open(src, "wb") as f:
+        f.write(source_text("rune.c"))
+    try:
+        cmd = [cc, "-O2", "-static", "-Wall", "-o", tmp, src,
+               *(f'-D{name}="{value}"' for name, value in constants.items())]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ConfigError(f"building the native rune launcher failed: {r.stderr.strip()[-400:]}")
+    finally:
+        os.unlink(src)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, output)
+    return output
+
+
+def install_launcher(output: str, runc: str | None = None, kind: str = "auto") -> str:
+    """Write the launcher; ``kind`` is "native", "python" or "auto" (native if it builds).
+
+    Returns the kind written."""
+    runc = resolve_runc(runc)
+    if kind in ("native", "auto"):
+        try:
+            build_native(output, runc)
+            return "native"
+        except ConfigError:
+            if kind == "native":
+                raise
+    text = launcher_text(runc)
     if len(text.splitlines()[0]) > 250:
         raise ConfigError(f"interpreter path too long for a #! line: {base_interpreter()}")
     tmp = output + ".tmp"
@@ -69,4 +126,4 @@ def install_launcher(output: str, runc: str | None = None) -> str:
         f.write(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, output)
-    return output
+    return "python"

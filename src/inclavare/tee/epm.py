@@ -22,7 +22,7 @@ from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError
 from inclavare.immutable import Immutable
-from inclavare.tee.measurement import files_digest, fingerprint_key
+from inclavare.tee.measurement import files_digest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,16 +55,27 @@ class PoolEntry(Immutable):
 
 
 def signature(entries: Sequence[FileEntry]) -> str:
-    h = small_sha256(b"epm-signature-v1\0")
-    for e in entries:
-        h.update(f"{e.path}\0{e.kind}\0{e.mode:o}\0{fingerprint_key(e)}\n".encode("utf-8", "surrogateescape"))
-    return str(h.hexdigest())
+    """Digest of every trusted path with its kind, mode and stat identity."""
+    text = "".join([f"{e[0]}\0{e[1]}\0{e[2]:o}\0{e[4]}:{e[3]}:{e[5]}:{e[6]}\n" for e in entries])
+    return str(small_sha256(b"epm-signature-v1\0" + text.encode("utf-8", "surrogateescape")).hexdigest())
+
+
+_POOLS: dict[str, EnclavePool] = {}
+
+
+def pool_for(directory: str) -> EnclavePool:
+    """The process-wide pool object for ``directory`` (its memo survives across containers)."""
+    pool = _POOLS.get(directory)
+    if pool is None:
+        pool = _POOLS.setdefault(directory, EnclavePool(directory))
+    return pool
 
 
 class EnclavePool:
     def __init__(self, directory: str = DEFAULT_EPM_DIR) -> None:
         self.directory = directory
         self.entries_dir = os.path.join(directory, "entries")
+        self._memo: dict[str, str] = {}  # signature -> files digest, for long-lived processes (the agent)
 
     def _path(self, key: str) -> str:
         return os.path.join(self.entries_dir, key + ".json")
@@ -82,12 +93,20 @@ class EnclavePool:
     def files_digest(self, rootfs: str, entries: Sequence[FileEntry]) -> tuple[str, bool]:
         """The files digest of ``entries``; (digest, True) when served from the pool."""
         key = signature(entries)
+        memo = self._memo.get(key)
+        if memo is not None:
+            try:
+                os.utime(self._path(key))  # last use; fails if `epm rm` removed the entry
+                return memo, True
+            except OSError:
+                del self._memo[key]
         doc = self._load(key)
         if doc is not None and isinstance(doc.get("files_digest"), str):
             try:
                 os.utime(self._path(key))  # last use, for `epm ls` and eviction
             except OSError:
                 pass
+            self._memo[key] = str(doc["files_digest"])
             return str(doc["files_digest"]), True
         digest, digests, _ = files_digest(rootfs, entries, self._known_digests())
         now = time.time()
@@ -100,6 +119,7 @@ class EnclavePool:
             write_atomic(self._path(key), fastjson.dumps(record).encode(), mode=0o600, durable=False)
         except OSError as exc:
             raise ConfigError(f"cannot write the enclave pool at {self.directory}: {exc.strerror}") from None
+        self._memo[key] = digest
         return digest, False
 
     def _known_digests(self, limit: int = 8) -> dict[str, str]:

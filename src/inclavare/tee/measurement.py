@@ -33,7 +33,7 @@ from inclavare.immutable import Immutable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
     from typing import Any
 
     from inclavare.tee.epm import EnclavePool
@@ -41,22 +41,44 @@ if TYPE_CHECKING:
 DOMAIN = b"inclavare-measurement-v1\x00"
 
 
-class FileEntry(Immutable):
-    __slots__ = ("path", "kind", "mode", "size", "fingerprint")
-    path: str  # relative to the rootfs, "/"-separated, no leading slash
-    kind: str  # "f" (regular file) or "l" (symlink)
-    mode: int
-    size: int
-    fingerprint: tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of the lstat
+class FileEntry(tuple):  # type: ignore[type-arg]
+    """(path, kind, mode, size, inode, mtime_ns, ctime_ns) — a tuple: the scan makes hundreds
+    per container start, so creating one must cost no more than a tuple."""
 
-    def __init__(self, path: str, kind: str, mode: int, size: int, fingerprint: tuple[int, int, int, int]) -> None:
-        self._set(path=path, kind=kind, mode=mode, size=size, fingerprint=fingerprint)
+    __slots__ = ()
+
+    def __new__(cls, path: str, kind: str, mode: int, size: int, inode: int, mtime_ns: int,
+                ctime_ns: int) -> FileEntry:
+        return tuple.__new__(cls, (path, kind, mode, size, inode, mtime_ns, ctime_ns))
+
+    @property
+    def path(self) -> str:
+        """Relative to the rootfs, "/"-separated, no leading slash."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def kind(self) -> str:
+        """"f" (regular file) or "l" (symlink)."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def mode(self) -> int:
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def size(self) -> int:
+        return self[3]  # type: ignore[no-any-return]
+
+    @property
+    def fingerprint(self) -> tuple[int, int, int, int]:
+        """(inode, size, mtime ns, ctime ns) of the lstat."""
+        return (self[4], self[3], self[5], self[6])
 
     def line(self, digest_or_target: str) -> bytes:
-        if self.kind == "f":
-            return f"{self.path}\0f\0{self.mode:o}\0{self.size}\0{digest_or_target}\n".encode(
+        if self[1] == "f":
+            return f"{self[0]}\0f\0{self[2]:o}\0{self[3]}\0{digest_or_target}\n".encode(
                 "utf-8", "surrogateescape")
-        return f"{self.path}\0l\0{digest_or_target}\n".encode("utf-8", "surrogateescape")
+        return f"{self[0]}\0l\0{digest_or_target}\n".encode("utf-8", "surrogateescape")
 
 
 class Measurement(Immutable):
@@ -97,37 +119,43 @@ def scan(rootfs: str, trusted: Sequence[str] = ("/",), excluded: Sequence[str] =
         if rel_top in skip:
             continue
         if stat.S_ISDIR(st.st_mode):
-            for rel, st in _walk(start, rel_top, skip):
-                _add(entries, rel, st)
+            _walk(start, rel_top, skip, entries)
         else:
             _add(entries, rel_top, st)
     return [entries[k] for k in sorted(entries)]
 
 
-def _walk(path: str, rel: str, skip: set[str]) -> Iterator[tuple[str, os.stat_result]]:
-    try:
-        it = os.scandir(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    with it:
-        children = sorted(it, key=lambda e: e.name)
-    for entry in children:
-        child_rel = f"{rel}/{entry.name}" if rel else entry.name
-        if child_rel in skip:
-            continue
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk(entry.path, child_rel, skip)
-        else:
-            yield child_rel, st
+def _walk(top: str, top_rel: str, skip: set[str], entries: dict[str, FileEntry]) -> None:
+    """Iterative (no generator frames): this runs over every file at each container start."""
+    pending = [(top, top_rel + "/" if top_rel else "")]
+    while pending:
+        path, prefix = pending.pop()
+        try:
+            with os.scandir(path) as it:
+                children = list(it)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        for entry in children:
+            rel = prefix + entry.name
+            if rel in skip:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if st.st_mode & _S_IFMT == _S_IFDIR:
+                pending.append((entry.path, rel + "/"))
+            else:
+                _add(entries, rel, st)
+
+
+_S_IFMT, _S_IFREG, _S_IFLNK, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR
 
 
 def _add(entries: dict[str, FileEntry], rel: str, st: os.stat_result) -> None:
-    fp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if stat.S_ISREG(st.st_mode):
-        entries[rel] = FileEntry(rel, "f", stat.S_IMODE(st.st_mode), st.st_size, fp)
-    elif stat.S_ISLNK(st.st_mode):
-        entries[rel] = FileEntry(rel, "l", 0, st.st_size, fp)
+    fmt = st.st_mode & _S_IFMT
+    if fmt == _S_IFREG:
+        entries[rel] = FileEntry(rel, "f", st.st_mode & 0o7777, st.st_size, st.st_ino, st.st_mtime_ns,
+                                 st.st_ctime_ns)
+    elif fmt == _S_IFLNK:
+        entries[rel] = FileEntry(rel, "l", 0, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     # device nodes, fifos and sockets in an image carry no code; they are not measured
 
 
@@ -166,7 +194,7 @@ def files_digest(rootfs: str, entries: Sequence[FileEntry],
 
 
 def fingerprint_key(e: FileEntry) -> str:
-    return "%d:%d:%d:%d" % e.fingerprint
+    return f"{e[4]}:{e[3]}:{e[5]}:{e[6]}"
 
 
 def resolve_entrypoint(rootfs: str, args: Sequence[str], env: Sequence[str], cwd: str) -> str:

@@ -100,8 +100,12 @@ class KbsBridge:
             return bytes(client.get_resource("kbs:///" + path))
 
 
+ControlHandlerFactory = Callable[["Agent"], Callable[[Any], tuple[int, Any]]]
+
+
 class Agent:
-    def __init__(self, state_dir: str, control_socket: str, kbs_url: str | None = None) -> None:
+    def __init__(self, state_dir: str, control_socket: str, kbs_url: str | None = None,
+                 extra_control: dict[str, ControlHandlerFactory] | None = None) -> None:
         self.state_dir = state_dir
         self.control_socket = os.path.abspath(control_socket)
         self.run_dir = os.path.dirname(self.control_socket)
@@ -112,6 +116,8 @@ class Agent:
         self.started = time.time()
         self._servers: list[socketserver.BaseServer] = []
         self._stop = threading.Event()
+        # POST routes of higher layers (rune's prepare service), given by the command line
+        self.extra_control = {path: factory(self) for path, factory in (extra_control or {}).items()}
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -169,6 +175,8 @@ class Agent:
     # -- control API --------------------------------------------------------------------------
 
     def control(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        if method == "POST" and path in self.extra_control:
+            return self.extra_control[path](body)
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and parts == ["v1", "health"]:
             return 200, {"status": "ok", "version": __version__, "tee": "sim",
@@ -242,12 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
             body, ctype = payload, "application/octet-stream"
         else:
             body, ctype = json.dumps(payload).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        reason = self.responses.get(status, ("",))[0]
+        head = (f"HTTP/1.1 {status} {reason}\r\nServer: {self.version_string()}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        self.wfile.write(head.encode() + body)  # one write: a client never sees half an answer
+        self.log_request(status)
         self.close_connection = True
 
     def _body(self) -> Any:
@@ -331,9 +338,10 @@ class WorkloadHandler(_Handler):
         self._dispatch(run)
 
 
-def serve(state_dir: str, control_socket: str, kbs_url: str | None = None) -> int:
+def serve(state_dir: str, control_socket: str, kbs_url: str | None = None,
+          extra_control: dict[str, ControlHandlerFactory] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
-    agent = Agent(state_dir, control_socket, kbs_url)
+    agent = Agent(state_dir, control_socket, kbs_url, extra_control)
     agent.start()
     log.warning("simulated TEE: evidence is signed by this installation's SIMULATED SGX root; "
                 "it proves nothing about hardware and nothing should trust it unless told to")

@@ -1,0 +1,587 @@
+/*
+ * rune: the native launcher of Inclavare's OCI runtime.
+ *
+ * Container engines call the runtime four or more times per container, so its start-up cost is
+ * paid on every one. This launcher makes rune's decision without starting an interpreter and
+ * execs runc directly whenever runc can take the call unchanged (the same decision as
+ * inclavare/runtime/rune_entry.py, which tests/runtime/test_launchers.py keeps in step):
+ *
+ *   create, run                 the bundle's config.json mentions "enclave." or "ENCLAVE_"?
+ *                                 no:  exec runc
+ *                                 yes: ask the node agent to plan it (POST /v1/prepare on its
+ *                                      control socket); 200: exec runc with the argv it returns;
+ *                                      409 or agent unreachable: rune's Python slow path;
+ *                                      otherwise: report the agent's reason as runc reports errors
+ *   exec                        rune holds state for the container and it runs a runelet? Python
+ *   delete, state               rune holds state for the container? Python
+ *   attest, --version           Python
+ *   anything else               exec runc
+ *
+ * Build-time constants (inclavare install-rune): RUNE_RUNC, RUNE_PYTHON, RUNE_PYCODE.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#ifndef RUNE_RUNC
+#define RUNE_RUNC "/usr/sbin/runc"
+#endif
+#ifndef RUNE_PYTHON
+#define RUNE_PYTHON "/usr/bin/python3"
+#endif
+#ifndef RUNE_PYCODE
+#define RUNE_PYCODE "from inclavare.runtime.rune_entry import console_main; console_main()"
+#endif
+
+#define DEFAULT_STATE_DIR "/run/inclavare/rune"
+#define DEFAULT_AGENT_SOCKET "/run/inclavare/agent.sock"
+#define MAX_CONFIG (64u << 20)
+#define MAX_RESPONSE (1u << 20)
+
+static const char *runc_path;
+static int g_argc;
+static char **g_argv;
+static const char *log_path, *log_format = "text", *root_dir = "/run/runc";
+static int want_version, explain;
+
+static const char *GLOBAL_VALUE[] = {"log", "log-format", "root", "criu", "rootless", NULL};
+static const char *RUN_VALUE[] = {"bundle", "b", "console-socket", "pid-file", "preserve-fds", NULL};
+static const char *EXEC_VALUE[] = {"console-socket", "cwd", "env", "e", "user", "u", "additional-gids", "g",
+				   "process", "p", "pid-file", "process-label", "apparmor", "cap", "c",
+				   "preserve-fds", "cgroup", NULL};
+static const char *FORMAT_VALUE[] = {"format", "f", NULL};
+static const char *EVENTS_VALUE[] = {"interval", NULL};
+static const char *SPEC_VALUE[] = {"bundle", "b", NULL};
+static const char *ATTEST_VALUE[] = {"runtime-data", "quote-type", "spid", "subscription-key", "key",
+				     "reportFile", NULL};
+static const char *UPDATE_VALUE[] = {"resources", "r", "blkio-weight", "cpu-period", "cpu-quota", "cpu-share",
+				     "cpu-rt-period", "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems",
+				     "kernel-memory", "kernel-memory-tcp", "memory", "memory-reservation",
+				     "memory-swap", "pids-limit", "l3-cache-schema", "mem-bw-schema", NULL};
+static const char *CHECKPOINT_VALUE[] = {"image-path", "work-path", "parent-path", "status-fd", "page-server",
+					 "manage-cgroups-mode", "empty-ns", NULL};
+static const char *RESTORE_VALUE[] = {"console-socket", "image-path", "work-path", "manage-cgroups-mode", "bundle",
+				      "b", "pid-file", "empty-ns", "lsm-profile", "lsm-mount-context", NULL};
+static const char *NONE[] = {NULL};
+
+static int in(const char *const *list, const char *s, size_t n)
+{
+	for (; *list; list++)
+		if (strlen(*list) == n && strncmp(*list, s, n) == 0)
+			return 1;
+	return 0;
+}
+
+static const char *const *value_flags(const char *cmd)
+{
+	if (!strcmp(cmd, "create") || !strcmp(cmd, "run"))
+		return RUN_VALUE;
+	if (!strcmp(cmd, "exec"))
+		return EXEC_VALUE;
+	if (!strcmp(cmd, "list") || !strcmp(cmd, "ps"))
+		return FORMAT_VALUE;
+	if (!strcmp(cmd, "events"))
+		return EVENTS_VALUE;
+	if (!strcmp(cmd, "spec"))
+		return SPEC_VALUE;
+	if (!strcmp(cmd, "attest"))
+		return ATTEST_VALUE;
+	if (!strcmp(cmd, "update"))
+		return UPDATE_VALUE;
+	if (!strcmp(cmd, "checkpoint"))
+		return CHECKPOINT_VALUE;
+	if (!strcmp(cmd, "restore"))
+		return RESTORE_VALUE;
+	return NONE;
+}
+
+static void decided(const char *what)
+{
+	if (explain) {
+		printf("%s\n", what);
+		exit(0);
+	}
+}
+
+static void report_error(const char *msg);
+
+static void exec_runc(char **argv)
+{
+	decided("runc");
+	argv[0] = (char *)runc_path;
+	execv(runc_path, argv);
+	char msg[1024];
+	snprintf(msg, sizeof(msg), "rune: cannot execute runc at %s: %s (set INCLAVARE_RUNC or reinstall rune "
+				   "with `inclavare install-rune --runc PATH`)", runc_path, strerror(errno));
+	report_error(msg);
+}
+
+static void exec_python(void)
+{
+	decided("rune");
+	char **argv = calloc((size_t)g_argc + 4, sizeof(char *));
+	if (!argv)
+		exit(1);
+	argv[0] = RUNE_PYTHON;
+	argv[1] = "-IS";
+	argv[2] = "-c";
+	argv[3] = RUNE_PYCODE;
+	for (int i = 1; i < g_argc; i++)
+		argv[3 + i] = g_argv[i];
+	execv(RUNE_PYTHON, argv);
+	fprintf(stderr, "rune: cannot execute %s: %s (reinstall with `inclavare install-rune`)\n", RUNE_PYTHON,
+		strerror(errno));
+	exit(1);
+}
+
+/* --- paths -------------------------------------------------------------------------------- */
+
+/* os.path.abspath: absolute and normalised ("." and ".." resolved lexically). */
+static char *abspath(const char *path)
+{
+	char cwd[4096] = "";
+	size_t cap = strlen(path) + 4100;
+	char *in = malloc(cap), *out = malloc(cap);
+	if (!in || !out)
+		exit(1);
+	if (path[0] != '/') {
+		if (!getcwd(cwd, sizeof(cwd)))
+			strcpy(cwd, "/");
+		snprintf(in, cap, "%s/%s", cwd, path);
+	} else {
+		snprintf(in, cap, "%s", path);
+	}
+	size_t len = 0;
+	out[0] = '\0';
+	for (char *save = NULL, *part = strtok_r(in, "/", &save); part; part = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(part, "."))
+			continue;
+		if (!strcmp(part, "..")) {
+			while (len > 0 && out[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			out[len] = '\0';
+			continue;
+		}
+		len += (size_t)snprintf(out + len, cap - len, "/%s", part);
+	}
+	if (len == 0)
+		strcpy(out, "/");
+	free(in);
+	return out;
+}
+
+static int valid_id(const char *id)
+{
+	if (!*id || !strcmp(id, ".") || !strcmp(id, ".."))
+		return 0;
+	for (const char *p = id; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+		      c == '+' || c == '-' || c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+static char *state_path(const char *id)
+{
+	const char *base = getenv("INCLAVARE_RUNE_STATE");
+	char *b = abspath(base && *base ? base : DEFAULT_STATE_DIR), *r = abspath(root_dir);
+	size_t n = strlen(b) + strlen(r) + strlen(id) + 16;
+	char *out = malloc(n);
+	if (!out)
+		exit(1);
+	snprintf(out, n, "%s%s/%s", strcmp(b, "/") ? b : "", r, id);
+	return out;
+}
+
+static int exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* --- runc-style error reporting ----------------------------------------------------------- */
+
+static void json_escape(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p == '\n')
+			fputs("\\n", f);
+		else if (*p < 0x20)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+static void report_error(const char *msg)
+{
+	/* as runc: a line in --log (json or logrus text), the plain message on stderr, exit 1 */
+	char ts[32];
+	time_t now = time(NULL);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+	int to_file = log_path && *log_path && strcmp(log_path, "/dev/stderr");
+	FILE *f = to_file ? fopen(log_path, "a") : stderr;
+	if (!f)
+		f = stderr;
+	if (!strcmp(log_format, "json")) {
+		fputs("{\"level\":\"error\",\"msg\":", f);
+		json_escape(f, msg);
+		fprintf(f, ",\"time\":\"%s\"}\n", ts);
+	} else {
+		fprintf(f, "time=\"%s\" level=error msg=", ts);
+		json_escape(f, msg);
+		fputc('\n', f);
+	}
+	if (f != stderr) {
+		fclose(f);
+		fprintf(stderr, "%s\n", msg);
+	}
+	exit(1);
+}
+
+/* --- the agent's prepare RPC --------------------------------------------------------------- */
+
+struct buf {
+	char *data;
+	size_t len, cap;
+};
+
+static void put(struct buf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		b->cap = (b->len + n + 1) * 2;
+		b->data = realloc(b->data, b->cap);
+		if (!b->data)
+			exit(1);
+	}
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+static void puts_b(struct buf *b, const char *s)
+{
+	put(b, s, strlen(s));
+}
+
+/* JSON string; returns 0 when the text is not plain ASCII (the Python path handles that). */
+static int put_json_string(struct buf *b, const char *s)
+{
+	char esc[8];
+	puts_b(b, "\"");
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p >= 0x80)
+			return 0;
+		if (*p == '"' || *p == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)*p;
+			put(b, esc, 2);
+		} else if (*p < 0x20) {
+			snprintf(esc, sizeof(esc), "\\u%04x", *p);
+			puts_b(b, esc);
+		} else {
+			put(b, (const char *)p, 1);
+		}
+	}
+	puts_b(b, "\"");
+	return 1;
+}
+
+/* The "detail" string of the agent's JSON error body (ASCII-escaped by Python's json). */
+static char *detail_of(const char *body)
+{
+	const char *p = strstr(body, "\"detail\": \"");
+	size_t skip = 11;
+	if (!p) {
+		p = strstr(body, "\"detail\":\"");
+		skip = 10;
+	}
+	if (!p)
+		return strdup(body);
+	p += skip;
+	char *out = malloc(strlen(p) * 3 + 1), *o = out;
+	if (!out)
+		exit(1);
+	for (; *p && *p != '"'; p++) {
+		if (*p != '\\') {
+			*o++ = *p;
+			continue;
+		}
+		p++;
+		switch (*p) {
+		case 'n': *o++ = '\n'; break;
+		case 't': *o++ = '\t'; break;
+		case 'r': *o++ = '\r'; break;
+		case 'u': {
+			unsigned v = 0;
+			if (sscanf(p + 1, "%4x", &v) != 1)
+				break;
+			p += 4;
+			if (v < 0x80) {
+				*o++ = (char)v;
+			} else if (v < 0x800) {
+				*o++ = (char)(0xC0 | (v >> 6));
+				*o++ = (char)(0x80 | (v & 0x3F));
+			} else {
+				*o++ = (char)(0xE0 | (v >> 12));
+				*o++ = (char)(0x80 | ((v >> 6) & 0x3F));
+				*o++ = (char)(0x80 | (v & 0x3F));
+			}
+			break;
+		}
+		case '\0': p--; break;
+		default: *o++ = *p;
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static void prepare_enclave(void)
+{
+	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
+	if (!sock_path || !*sock_path)
+		sock_path = DEFAULT_AGENT_SOCKET;
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(sock_path) >= sizeof(addr.sun_path))
+		exec_python();
+	strcpy(addr.sun_path, sock_path);
+
+	char cwd[4096];
+	if (!getcwd(cwd, sizeof(cwd)))
+		exec_python();
+	const char *state = getenv("INCLAVARE_RUNE_STATE");
+	struct buf body = {0}, req = {0};
+	puts_b(&body, "{\"argv\":[");
+	for (int i = 1; i < g_argc; i++) {
+		if (i > 1)
+			puts_b(&body, ",");
+		if (!put_json_string(&body, g_argv[i]))
+			exec_python();
+	}
+	puts_b(&body, "],\"cwd\":");
+	if (!put_json_string(&body, cwd))
+		exec_python();
+	puts_b(&body, ",\"runc\":");
+	if (!put_json_string(&body, runc_path))
+		exec_python();
+	puts_b(&body, ",\"state_base\":");
+	if (!put_json_string(&body, state && *state ? state : ""))
+		exec_python();
+	puts_b(&body, "}");
+	decided("prepare");
+
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		exec_python(); /* the slow path reports the unreachable agent (fail closed) */
+	struct timeval tv = {.tv_sec = 600};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	char head[256];
+	snprintf(head, sizeof(head), "POST /v1/prepare HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n"
+				     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n", body.len);
+	puts_b(&req, head);
+	put(&req, body.data, body.len);
+	for (size_t off = 0; off < req.len;) {
+		ssize_t n = write(fd, req.data + off, req.len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			report_error("rune: lost the node agent while sending the request");
+		off += (size_t)n;
+	}
+	struct buf resp = {0};
+	char chunk[65536];
+	long want = -1; /* total bytes (headers + Content-Length); stop there, not at the close */
+	for (;;) {
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			report_error("rune: no answer from the node agent");
+		if (n == 0)
+			break;
+		put(&resp, chunk, (size_t)n);
+		if (resp.len > MAX_RESPONSE)
+			report_error("rune: the node agent's answer is too large");
+		if (want < 0) {
+			char *end = memmem(resp.data, resp.len, "\r\n\r\n", 4);
+			char *cl = end ? strcasestr(resp.data, "\r\nContent-Length:") : NULL;
+			if (cl && cl < end)
+				want = (long)(end + 4 - resp.data) + strtol(cl + 17, NULL, 10);
+		}
+		if (want >= 0 && (long)resp.len >= want)
+			break;
+	}
+	close(fd);
+	int status = 0;
+	char *sep = resp.data ? memmem(resp.data, resp.len, "\r\n\r\n", 4) : NULL;
+	if (!sep || resp.len < 12 || sscanf(resp.data + 9, "%3d", &status) != 1)
+		report_error("rune: malformed answer from the node agent");
+	char *payload = sep + 4;
+	size_t plen = resp.len - (size_t)(payload - resp.data);
+	if (status == 409)
+		exec_python();
+	if (status != 200) {
+		char *detail = detail_of(payload);
+		size_t n = strlen(detail) + 8;
+		char *msg = malloc(n);
+		if (!msg)
+			exit(1);
+		snprintf(msg, n, "rune: %s", detail);
+		report_error(msg);
+	}
+	/* NUL-separated argv for runc */
+	size_t count = 1;
+	for (size_t i = 0; i < plen; i++)
+		count += payload[i] == '\0';
+	char **argv = calloc(count + 2, sizeof(char *));
+	if (!argv)
+		exit(1);
+	size_t k = 1;
+	argv[k++] = payload;
+	for (size_t i = 0; i < plen; i++)
+		if (payload[i] == '\0' && i + 1 < plen)
+			argv[k++] = payload + i + 1;
+	argv[k] = NULL;
+	exec_runc(argv);
+}
+
+/* --- main ------------------------------------------------------------------------------------ */
+
+static int mentions_enclave(const char *bundle)
+{
+	size_t n = strlen(bundle) + 16;
+	char *path = malloc(n);
+	if (!path)
+		exit(1);
+	snprintf(path, n, "%s/config.json", bundle);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
+	if (fd < 0)
+		return 0; /* runc reports the missing or unreadable bundle itself */
+	struct buf data = {0};
+	char chunk[65536];
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		put(&data, chunk, (size_t)r);
+		if (data.len > MAX_CONFIG)
+			break;
+	}
+	close(fd);
+	int hit = data.data && (memmem(data.data, data.len, "enclave.", 8) || memmem(data.data, data.len, "ENCLAVE_", 8));
+	free(data.data);
+	return hit;
+}
+
+int main(int argc, char **argv)
+{
+	g_argc = argc;
+	g_argv = argv;
+	const char *env_runc = getenv("INCLAVARE_RUNC");
+	runc_path = env_runc && *env_runc ? env_runc : RUNE_RUNC;
+	const char *ex = getenv("INCLAVARE_RUNE_EXPLAIN");
+	explain = ex && *ex;
+
+	int i = 1;
+	for (; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--")) {
+			i++;
+			break;
+		}
+		if (a[0] != '-' || !strcmp(a, "-"))
+			break;
+		while (*a == '-')
+			a++;
+		const char *eq = strchr(a, '=');
+		size_t n = eq ? (size_t)(eq - a) : strlen(a);
+		const char *value = eq ? eq + 1 : NULL;
+		if (in(GLOBAL_VALUE, a, n) && !eq)
+			value = i + 1 < argc ? argv[++i] : "";
+		if (n == 4 && !strncmp(a, "root", 4))
+			root_dir = value && *value ? value : "/run/runc";
+		else if (n == 3 && !strncmp(a, "log", 3))
+			log_path = value;
+		else if (n == 10 && !strncmp(a, "log-format", 10))
+			log_format = value && *value ? value : "text";
+		else if ((n == 7 && !strncmp(a, "version", 7)) || (n == 1 && a[0] == 'v'))
+			want_version = 1;
+	}
+	if (want_version)
+		exec_python();
+	if (i >= argc)
+		exec_runc(argv);
+	const char *cmd = argv[i];
+	const char *const *vflags = value_flags(cmd);
+	const char *bundle = ".", *process_flag = NULL, *first_positional = "";
+	for (i++; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--")) {
+			if (i + 1 < argc)
+				first_positional = argv[i + 1];
+			break;
+		}
+		if (a[0] != '-' || !strcmp(a, "-")) {
+			first_positional = a;
+			break;
+		}
+		while (*a == '-')
+			a++;
+		const char *eq = strchr(a, '=');
+		size_t n = eq ? (size_t)(eq - a) : strlen(a);
+		const char *value = eq ? eq + 1 : NULL;
+		if (!eq && in(vflags, a, n))
+			value = i + 1 < argc ? argv[++i] : "";
+		if ((n == 6 && !strncmp(a, "bundle", 6)) || (n == 1 && a[0] == 'b'))
+			bundle = value && *value ? value : ".";
+		if ((n == 7 && !strncmp(a, "process", 7)) || (n == 1 && a[0] == 'p'))
+			process_flag = value;
+	}
+	(void)process_flag;
+	if (!strcmp(cmd, "create") || !strcmp(cmd, "run")) {
+		if (!mentions_enclave(bundle))
+			exec_runc(argv);
+		prepare_enclave();
+	}
+	if (!strcmp(cmd, "attest"))
+		exec_python();
+	if (!strcmp(cmd, "exec") || !strcmp(cmd, "delete") || !strcmp(cmd, "state")) {
+		if (!valid_id(first_positional))
+			exec_runc(argv);
+		char *path = state_path(first_positional);
+		if (!strcmp(cmd, "exec")) {
+			size_t n = strlen(path) + 16;
+			char *marker = malloc(n);
+			if (!marker)
+				exit(1);
+			snprintf(marker, n, "%s/runelet", path);
+			if (exists(marker))
+				exec_python();
+		} else if (exists(path)) {
+			exec_python();
+		}
+	}
+	exec_runc(argv);
+	return 1;
+}
