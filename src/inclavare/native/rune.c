@@ -10,7 +10,8 @@
  *                                 no:  exec runc
  *                                 yes: ask the node agent to plan it (POST /v1/prepare on its
  *                                      control socket); 200: exec runc with the argv it returns;
- *                                      409 or agent unreachable: rune's Python slow path;
+ *                                      409, 404 (an older agent) or agent unreachable: rune's
+ *                                      Python slow path;
  *                                      otherwise: report the agent's reason as runc reports errors
  *   exec                        rune holds state for the container and it runs a runelet? Python
  *   delete, state               rune holds state for the container? Python
@@ -436,7 +437,7 @@ static void prepare_enclave(void)
 		report_error("rune: malformed answer from the node agent");
 	char *payload = sep + 4;
 	size_t plen = resp.len - (size_t)(payload - resp.data);
-	if (status == 409)
+	if (status == 409 || status == 404) /* rune's own work, or an agent without /v1/prepare */
 		exec_python();
 	if (status != 200) {
 		char *detail = detail_of(payload);
