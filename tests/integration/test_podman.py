@@ -18,16 +18,17 @@ RUN_FLAGS = ["--network", "none", "--ulimit", "nofile=20000:20000", "--ulimit", 
 
 
 class Podman:
-    def __init__(self, work: Path, rune: str) -> None:
+    def __init__(self, work: Path, rune: str, extra_env: dict[str, str] | None = None) -> None:
         self.work, self.rune = work, rune
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "INCLAVARE_RUNE_STATE": str(work / "rune-state"),
+                    **(extra_env or {})}
         self.base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "run"),
                      "--tmpdir", str(work / "tmp"), "--cgroup-manager", "cgroupfs",
                      "--events-backend", "file", "--runtime", rune]
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                             "INCLAVARE_RUNE_STATE": str(self.work / "rune-state")})
+                              stdin=subprocess.DEVNULL, env=self.env)
 
     def cleanup(self) -> None:
         self("rm", "--all", "--force")

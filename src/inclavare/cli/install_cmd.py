@@ -17,12 +17,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--kind", choices=("auto", "native", "python"), default="auto",
                    help="native: a small C launcher (no interpreter unless needed; needs cc); python: "
                         "a -I -S script; auto: native when it builds (default)")
+    p.add_argument("--agent-socket", default=None,
+                   help="node agent control socket (default: /run/inclavare/agent.sock; "
+                        "INCLAVARE_AGENT_SOCKET overrides it at run time)")
+    p.add_argument("--state-dir", default=None,
+                   help="rune's state directory (default: /run/inclavare/rune; INCLAVARE_RUNE_STATE overrides)")
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from inclavare.runtime.launcher import install_launcher
 
-    kind = install_launcher(args.output, args.runc, args.kind)
+    kind = install_launcher(args.output, args.runc, args.kind, args.agent_socket, args.state_dir)
     print(f"rune launcher ({kind}) written to {args.output}")
     return 0

@@ -18,7 +18,9 @@
  *   attest, --version           Python
  *   anything else               exec runc
  *
- * Build-time constants (inclavare install-rune): RUNE_RUNC, RUNE_PYTHON, RUNE_PYCODE.
+ * Build-time constants (inclavare install-rune): RUNE_RUNC, RUNE_PYTHON, RUNE_PYCODE, and the
+ * defaults of INCLAVARE_AGENT_SOCKET / INCLAVARE_RUNE_STATE (RUNE_AGENT_SOCKET, RUNE_STATE_DIR):
+ * engines such as podman do not pass their environment to the runtime.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,8 +45,14 @@
 #define RUNE_PYCODE "from inclavare.runtime.rune_entry import console_main; console_main()"
 #endif
 
-#define DEFAULT_STATE_DIR "/run/inclavare/rune"
-#define DEFAULT_AGENT_SOCKET "/run/inclavare/agent.sock"
+#ifndef RUNE_STATE_DIR
+#define RUNE_STATE_DIR "/run/inclavare/rune"
+#endif
+#ifndef RUNE_AGENT_SOCKET
+#define RUNE_AGENT_SOCKET "/run/inclavare/agent.sock"
+#endif
+#define DEFAULT_STATE_DIR RUNE_STATE_DIR
+#define DEFAULT_AGENT_SOCKET RUNE_AGENT_SOCKET
 #define MAX_CONFIG (64u << 20)
 #define MAX_RESPONSE (1u << 20)
 
@@ -503,6 +511,9 @@ int main(int argc, char **argv)
 	runc_path = env_runc && *env_runc ? env_runc : RUNE_RUNC;
 	const char *ex = getenv("INCLAVARE_RUNE_EXPLAIN");
 	explain = ex && *ex;
+	/* the baked-in locations, for this process and the Python path it may start */
+	setenv("INCLAVARE_AGENT_SOCKET", RUNE_AGENT_SOCKET, 0);
+	setenv("INCLAVARE_RUNE_STATE", RUNE_STATE_DIR, 0);
 
 	int i = 1;
 	for (; i < argc; i++) {

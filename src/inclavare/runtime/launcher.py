@@ -26,7 +26,9 @@ from inclavare.errors import ConfigError
 
 TEMPLATE = """#!{python} -IS
 # rune fast launcher, written by `inclavare install-rune`; -IS skips site (see inclavare.runtime.launcher).
-import sys
+import posix, sys
+posix.environ.setdefault(b"INCLAVARE_AGENT_SOCKET", {agent_socket!r})
+posix.environ.setdefault(b"INCLAVARE_RUNE_STATE", {state_dir!r})
 sys.path.insert(0, {package_parent!r})
 sys.path.extend({site_dirs!r})
 from inclavare.runtime.rune_entry import main
@@ -40,10 +42,16 @@ def base_interpreter() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def launcher_text(runc: str, python: str | None = None) -> str:
+DEFAULT_AGENT_SOCKET = "/run/inclavare/agent.sock"
+DEFAULT_STATE_DIR = "/run/inclavare/rune"
+
+
+def launcher_text(runc: str, python: str | None = None, agent_socket: str = DEFAULT_AGENT_SOCKET,
+                  state_dir: str = DEFAULT_STATE_DIR) -> str:
     python = python or base_interpreter()
     package_parent, site_dirs = _python_paths()
     return TEMPLATE.format(python=python, package_parent=package_parent,
+                           agent_socket=agent_socket.encode(), state_dir=state_dir.encode(),
                            site_dirs=site_dirs, runc=runc)
 
 
@@ -75,7 +83,8 @@ def slow_path_code(runc: str) -> str:
             f"from inclavare.runtime.rune_entry import main;sys.exit(main(sys.argv[1:],{runc!r}))")
 
 
-def build_native(output: str, runc: str) -> str:
+def build_native(output: str, runc: str, agent_socket: str = DEFAULT_AGENT_SOCKET,
+                 state_dir: str = DEFAULT_STATE_DIR) -> str:
     """Compile the native launcher to ``output``; ConfigError when it cannot be built."""
     import shutil
     import subprocess
@@ -85,7 +94,8 @@ def build_native(output: str, runc: str) -> str:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise ConfigError("no C compiler for the native rune launcher (apt-get install gcc libc6-dev)")
-    constants = {"RUNE_RUNC": runc, "RUNE_PYTHON": base_interpreter(), "RUNE_PYCODE": slow_path_code(runc)}
+    constants = {"RUNE_RUNC": runc, "RUNE_PYTHON": base_interpreter(), "RUNE_PYCODE": slow_path_code(runc),
+                 "RUNE_AGENT_SOCKET": agent_socket, "RUNE_STATE_DIR": state_dir}
     for name, value in constants.items():
         if any(c in value for c in '"\\\n'):
             raise ConfigError(f"cannot embed {name} in the native launcher: {value!r}")
@@ -106,19 +116,22 @@ def build_native(output: str, runc: str) -> str:
     return output
 
 
-def install_launcher(output: str, runc: str | None = None, kind: str = "auto") -> str:
+def install_launcher(output: str, runc: str | None = None, kind: str = "auto",
+                     agent_socket: str | None = None, state_dir: str | None = None) -> str:
     """Write the launcher; ``kind`` is "native", "python" or "auto" (native if it builds).
-
-    Returns the kind written."""
+    ``agent_socket``/``state_dir`` become the launcher's defaults for INCLAVARE_AGENT_SOCKET and
+    INCLAVARE_RUNE_STATE. Returns the kind written."""
     runc = resolve_runc(runc)
+    agent_socket = os.path.abspath(agent_socket or DEFAULT_AGENT_SOCKET)
+    state_dir = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
     if kind in ("native", "auto"):
         try:
-            build_native(output, runc)
+            build_native(output, runc, agent_socket, state_dir)
             return "native"
         except ConfigError:
             if kind == "native":
                 raise
-    text = launcher_text(runc)
+    text = launcher_text(runc, agent_socket=agent_socket, state_dir=state_dir)
     if len(text.splitlines()[0]) > 250:
         raise ConfigError(f"interpreter path too long for a #! line: {base_interpreter()}")
     tmp = output + ".tmp"
