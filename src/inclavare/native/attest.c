@@ -71,10 +71,10 @@ static char *url_encode(const char *s)
 	return out;
 }
 
-/* A path segment of a resource URI: letters, digits, '-', '_', '.'; not empty. */
+/* A path segment of a resource URI, as the key broker's: [A-Za-z0-9_-][A-Za-z0-9_.-]* */
 static int valid_segment(const char *s, size_t len)
 {
-	if (len == 0)
+	if (len == 0 || s[0] == '.')
 		return 0;
 	for (size_t i = 0; i < len; i++) {
 		char c = s[i];
