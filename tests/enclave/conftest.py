@@ -65,7 +65,6 @@ def measure(bundle: str, env: dict[str, str]) -> str:
 
 def verify_sim_evidence(agent: AgentProcess, evidence_json: str) -> Any:
     """Verify evidence from a sim enclave with the verifier that checks Intel quotes."""
-    from inclavare.formats.collateral import Collateral
     from inclavare.tee.sim_authority import SimAuthority
     from inclavare.verify.dcap import verify_quote
     from cryptography import x509

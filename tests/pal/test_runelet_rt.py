@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from inclavare.errors import ConfigError, NotSupportedError
+from inclavare.errors import ConfigError
 from inclavare.runtime.pal import container_layout as layout
 from inclavare.runtime.pal.runelet_config import RuneletConfig
 from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt, plan_runelet_launch, runelet_exec_args

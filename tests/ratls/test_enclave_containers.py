@@ -157,7 +157,7 @@ def test_mutual_ratls_between_two_sim_enclave_containers(
         for name in ("server", "client", "impostor"):
             rune("delete", "--force", f"ratls-{name}")
     server_log = outputs["server"].read_text()
-    assert f"accepted" in server_log and measured["client"][:16] in server_log
+    assert "accepted" in server_log and measured["client"][:16] in server_log
     assert f"mr_enclave {measured['impostor']} is not an expected value" in server_log
     assert measured["server"][:16] in outputs["client"].read_text()
     assert "Traceback" not in "".join(o.read_text() for o in outputs.values())

@@ -11,7 +11,6 @@ that path avoid heavy standard modules (``subprocess``, ``json``, ``dataclasses`
 
 from __future__ import annotations
 
-import os
 import posix
 
 from inclavare.errors import ConfigError, InclavareError

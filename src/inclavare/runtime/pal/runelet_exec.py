@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from inclavare.errors import RuntimeFailure
 from inclavare.runtime.pal import exec_protocol as proto
-from inclavare.runtime.pal.runelet import say
 from inclavare.runtime.pal.signal_relay import SignalPipe
 
 
