@@ -6,11 +6,8 @@ import json
 import os
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,26 +98,6 @@ def test_option_errors_are_one_line(tmp_path: Path) -> None:
     assert env_less.returncode == 2 and "no TEE found" in env_less.stderr
 
 
-class _Echo(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _EchoHandler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-@pytest.fixture
-def echo() -> Iterator[int]:
-    server = _Echo(("127.0.0.1", 0), _EchoHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
 class Relay:
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
@@ -149,8 +126,8 @@ def _exchange(port: int, payload: bytes) -> bytes:
 
 
 def test_relays_carry_a_plain_service_over_mutual_ratls(authority: SimAuthority, exported: Path,
-                                                       echo: int, tmp_path: Path) -> None:
-    serve = Relay(["serve", "--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{echo}", "--mutual",
+                                                       echo_port: int, tmp_path: Path) -> None:
+    serve = Relay(["serve", "--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{echo_port}", "--mutual",
                    *_sim_args(authority, MR_A), *_trust_args(exported, MR_B)], tmp_path / "serve.log")
     good = Relay(["connect", "--listen", "127.0.0.1:0", "--connect", f"127.0.0.1:{serve.port}", "--mutual",
                   *_sim_args(authority, MR_B), *_trust_args(exported, MR_A)], tmp_path / "good.log")
