@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inclavare: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `inclavare inspect … | head`: the reader left, not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
         if os.environ.get("INCLAVARE_DEBUG"):
             raise
