@@ -13,8 +13,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from inclavare.errors import FormatError
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+P = TypeVar("P")
 
 _MISSING = object()
 
@@ -51,6 +54,20 @@ class Memo(Generic[K, V]):
         if found is not None:
             return found
         return self.put(key, compute())
+
+    def parse(self: Memo[K, P | FormatError], key: K, parser: Callable[[], P]) -> P:
+        """``parser()``, memoised together with its FormatError: malformed input is parsed once
+        and raises the same typed error every time."""
+        found = self.get(key)
+        if found is None:
+            try:
+                found = parser()
+            except FormatError as exc:
+                found = exc
+            self.put(key, found)
+        if isinstance(found, FormatError):
+            raise found
+        return found
 
     def clear(self) -> None:
         with self._lock:

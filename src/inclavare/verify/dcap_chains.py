@@ -147,15 +147,10 @@ def _check_dates(issue: int, next_update: int, now: int, what: str) -> None:
 def verified_tcb_info(text: str, signature: bytes, chain: str, anchor: TrustAnchor,
                       crls: CrlPair, now: int) -> TcbInfo:
     """TCB Info whose dates cover ``now``, signed by a TCB signing key chained to ``anchor``."""
-    parsed = _TCB_INFOS.get(text)
-    if parsed is None:
-        try:
-            parsed = parse_tcb_info(text)
-        except FormatError as exc:
-            parsed = exc
-        _TCB_INFOS.put(text, parsed)
-    if isinstance(parsed, FormatError):
-        raise CollateralError(f"malformed TCB Info: {parsed}")
+    try:
+        parsed = _TCB_INFOS.parse(text, lambda: parse_tcb_info(text))
+    except FormatError as exc:
+        raise CollateralError(f"malformed TCB Info: {exc}") from None
     _check_dates(parsed.issue_date, parsed.next_update, now, "TCB Info")
     path = validate_chain(chain, anchor, crls, now, "TCB Info issuer chain")
     _check_document_signature(path.leaf, text, signature, "TCB Info")
@@ -165,15 +160,10 @@ def verified_tcb_info(text: str, signature: bytes, chain: str, anchor: TrustAnch
 def verified_qe_identity(text: str, signature: bytes, chain: str, anchor: TrustAnchor,
                          crls: CrlPair, now: int) -> QeIdentity:
     """QE Identity whose dates cover ``now``, signed by a key chained to ``anchor``."""
-    parsed = _QE_IDENTITIES.get(text)
-    if parsed is None:
-        try:
-            parsed = parse_qe_identity(text)
-        except FormatError as exc:
-            parsed = exc
-        _QE_IDENTITIES.put(text, parsed)
-    if isinstance(parsed, FormatError):
-        raise CollateralError(f"malformed QE Identity: {parsed}")
+    try:
+        parsed = _QE_IDENTITIES.parse(text, lambda: parse_qe_identity(text))
+    except FormatError as exc:
+        raise CollateralError(f"malformed QE Identity: {exc}") from None
     _check_dates(parsed.issue_date, parsed.next_update, now, "QE Identity")
     path = validate_chain(chain, anchor, crls, now, "QE Identity issuer chain")
     _check_document_signature(path.leaf, text, signature, "QE Identity")
@@ -203,19 +193,14 @@ _PCK_EXTENSIONS: Memo[bytes, PckExtension | FormatError] = memo("pck-extensions"
 
 def pck_extension_of(certificate: CertificateView) -> PckExtension:
     """Parse (memoised) the SGX extension of a PCK certificate; FormatError if absent/malformed."""
-    found = _PCK_EXTENSIONS.get(certificate.der)
-    if found is None:
-        try:
-            ext = certificate.extension(SGX_EXTENSION_OID_BYTES)
-            if ext is None:
-                raise FormatError("PCK certificate has no SGX extension")
-            found = parse_pck_extension(ext.value)
-        except FormatError as exc:
-            found = exc
-        _PCK_EXTENSIONS.put(certificate.der, found)
-    if isinstance(found, FormatError):
-        raise found
-    return found
+
+    def parse() -> PckExtension:
+        ext = certificate.extension(SGX_EXTENSION_OID_BYTES)
+        if ext is None:
+            raise FormatError("PCK certificate has no SGX extension")
+        return parse_pck_extension(ext.value)
+
+    return _PCK_EXTENSIONS.parse(certificate.der, parse)
 
 
 def verified_pck(chain_pem: str | bytes, anchor: TrustAnchor, crls: CrlPair, now: int) -> PckCertificate:

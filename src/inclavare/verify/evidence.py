@@ -94,14 +94,10 @@ _CHAIN_LEAF: Memo[bytes, tuple[bytes, str, bytes] | FormatError] = memo("evidenc
 
 
 def _tcb_info(collateral: Collateral) -> TcbInfo | None:
-    found = _TCB_INFO.get(collateral.tcb_info)
-    if found is None:
-        try:
-            found = parse_tcb_info(collateral.tcb_info)
-        except FormatError as exc:
-            found = exc
-        _TCB_INFO.put(collateral.tcb_info, found)
-    return None if isinstance(found, FormatError) else found
+    try:
+        return _TCB_INFO.parse(collateral.tcb_info, lambda: parse_tcb_info(collateral.tcb_info))
+    except FormatError:
+        return None
 
 
 def _platform_of(quote: Quote) -> tuple[bytes, str, bytes]:
@@ -109,23 +105,20 @@ def _platform_of(quote: Quote) -> tuple[bytes, str, bytes]:
     cert = quote.auth_data.qe.certification_data
     if cert.cert_type != CERT_TYPE_PCK_CHAIN:
         raise CollateralError(f"cannot select collateral for certification data type {cert.cert_type}")
-    found = _CHAIN_LEAF.get(cert.body)
-    if found is None:
-        try:
-            blocks = parse_pem_blocks(cert.body)
-            if not blocks:
-                raise FormatError("empty PCK chain")
-            leaf = parse_certificate(blocks[0].contents)
-            fmspc = pck_extension_of(leaf).fmspc
-            issuer = leaf.issuer
-            ca = "processor" if b"Processor" in issuer else "platform" if b"Platform" in issuer else "processor"
-            found = (fmspc, ca, issuer)
-        except FormatError as exc:
-            found = exc
-        _CHAIN_LEAF.put(cert.body, found)
-    if isinstance(found, FormatError):
-        raise CertificateChainFormat(f"unreadable PCK certificate chain: {found}")
-    return found
+
+    def leaf_facts() -> tuple[bytes, str, bytes]:
+        blocks = parse_pem_blocks(cert.body)
+        if not blocks:
+            raise FormatError("empty PCK chain")
+        leaf = parse_certificate(blocks[0].contents)
+        issuer = leaf.issuer
+        ca = "processor" if b"Processor" in issuer else "platform" if b"Platform" in issuer else "processor"
+        return (pck_extension_of(leaf).fmspc, ca, issuer)
+
+    try:
+        return _CHAIN_LEAF.parse(cert.body, leaf_facts)
+    except FormatError as exc:
+        raise CertificateChainFormat(f"unreadable PCK certificate chain: {exc}") from None
 
 
 def select_collateral(quote: Quote, documents: Sequence[Collateral]) -> Collateral:

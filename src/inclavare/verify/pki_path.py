@@ -38,30 +38,12 @@ _SIGNATURES: Memo[tuple[bytes, bytes, bytes, bytes], SignatureError | bool] = me
 
 def parse_certificate(der: bytes) -> CertificateView:
     """Parse (memoised) a DER certificate with webpki's rules; FormatError if malformed."""
-    found = _CERTS.get(der)
-    if found is None:
-        try:
-            found = CertificateView.parse(der)
-        except FormatError as exc:
-            found = exc
-        _CERTS.put(der, found)
-    if isinstance(found, FormatError):
-        raise found
-    return found
+    return _CERTS.parse(der, lambda: CertificateView.parse(der))
 
 
 def parse_crl(der: bytes) -> CrlView:
     """Parse (memoised) a DER CRL with webpki's rules; FormatError if malformed."""
-    found = _CRLS.get(der)
-    if found is None:
-        try:
-            found = CrlView.parse(der)
-        except FormatError as exc:
-            found = exc
-        _CRLS.put(der, found)
-    if isinstance(found, FormatError):
-        raise found
-    return found
+    return _CRLS.parse(der, lambda: CrlView.parse(der))
 
 
 def check_signature(spki: bytes, signed: SignedData) -> None:
