@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -125,3 +126,14 @@ def echo_port() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+def exchange(port: int, payload: bytes, timeout: float = 30) -> bytes:
+    """Send ``payload`` to a loopback port, half-close, and read everything back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

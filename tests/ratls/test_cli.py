@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inclavare.tee.sim_authority import SimAuthority
-from tests.ratls.conftest import MR_A, MR_B, RATLS_DATA, shared_certificate
+from tests.ratls.conftest import MR_A, MR_B, RATLS_DATA, exchange, shared_certificate
 
 INCLAVARE = str(Path(sys.executable).parent / "inclavare")
 pytestmark = pytest.mark.timeout(120)
@@ -115,16 +114,6 @@ class Relay:
         return self.proc.wait(10)
 
 
-def _exchange(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_relays_carry_a_plain_service_over_mutual_ratls(authority: SimAuthority, exported: Path,
                                                        echo_port: int, tmp_path: Path) -> None:
     serve = Relay(["serve", "--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{echo_port}", "--mutual",
@@ -138,9 +127,9 @@ def test_relays_carry_a_plain_service_over_mutual_ratls(authority: SimAuthority,
                    *_sim_args(authority, MR_B), *_trust_args(exported, MR_B)], tmp_path / "picky.log")
     try:
         payload = os.urandom(200_000)
-        assert _exchange(good.port, payload) == payload
-        assert _exchange(impostor.port, b"let me in") == b""  # the server refused this client
-        assert _exchange(picky.port, b"hello") == b""  # this client refused the server
+        assert exchange(good.port, payload) == payload
+        assert exchange(impostor.port, b"let me in") == b""  # the server refused this client
+        assert exchange(picky.port, b"hello") == b""  # this client refused the server
     finally:
         codes = [relay.stop() for relay in (serve, good, impostor, picky)]
     assert codes == [0, 0, 0, 0]

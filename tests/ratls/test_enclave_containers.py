@@ -27,6 +27,7 @@ import inclavare
 from inclavare.sample_images import build_busybox_rootfs, make_bundle
 from inclavare.tee.sim_authority import SimAuthority
 from tests.enclave.conftest import Rune, agent, enclave_env, measure, rune  # noqa: F401
+from tests.ratls.conftest import exchange
 from tests.support.agent import AgentProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
@@ -81,16 +82,6 @@ def _wait_listening(output: Path, timeout: float = 60) -> None:
     raise AssertionError(f"relay in container did not start: {output.read_text()[-2000:]}")
 
 
-def _exchange(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_mutual_ratls_between_two_sim_enclave_containers(
         rune: Rune, agent: AgentProcess, enclave_env: dict[str, str], tmp_path: Path,  # noqa: F811
         echo_port: int) -> None:
@@ -125,8 +116,8 @@ def test_mutual_ratls_between_two_sim_enclave_containers(
         for output in outputs.values():
             _wait_listening(output)
         payload = os.urandom(100_000)
-        assert _exchange(client_port, payload) == payload
-        assert _exchange(impostor_port, b"let me in") == b""
+        assert exchange(client_port, payload) == payload
+        assert exchange(impostor_port, b"let me in") == b""
     finally:
         for name in ("server", "client", "impostor"):
             rune("kill", f"ratls-{name}", "TERM")

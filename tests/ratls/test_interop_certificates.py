@@ -29,7 +29,12 @@ from inclavare.ratls.claims import PublicKeyNotBound
 from inclavare.ratls.inspection import describe_certificate
 from inclavare.ratls.policy import RatlsPolicy
 from inclavare.ratls.verifier import RatlsVerifier
-from tests.ratls.conftest import MR_A, VerifierFactory, build_certificate, shared_certificate
+from tests.ratls.conftest import (
+    MR_A,
+    VerifierFactory,
+    build_certificate,
+    shared_certificate,
+)
 
 SHARED = ("gramine-cert.pem", "intel-sgxsdk-cert.pem")
 

@@ -24,7 +24,11 @@ from inclavare.ratls.certificate import (
     parse_ratls_certificate,
 )
 from inclavare.ratls.claims import ClaimsError, build_claims, parse_claims
-from inclavare.ratls.endorsements import EndorsementsError, build_endorsements, parse_endorsements
+from inclavare.ratls.endorsements import (
+    EndorsementsError,
+    build_endorsements,
+    parse_endorsements,
+)
 from inclavare.ratls.inspection import describe_certificate
 from inclavare.ratls.issue import issue_certificate
 from inclavare.ratls.verifier import RatlsVerifier

@@ -20,8 +20,8 @@ from inclavare.ratls.inspection import describe_certificate
 from inclavare.ratls.policy import RatlsPolicy
 from inclavare.ratls.verifier import RatlsVerifier, UnsupportedEvidence
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee
-from tests.testdata_paths import TESTDATA as SHARED_TESTDATA
 from tests.ratls.conftest import build_certificate
+from tests.testdata_paths import TESTDATA as SHARED_TESTDATA
 
 SNP = SHARED_TESTDATA / "snp"
 

@@ -33,7 +33,13 @@ from inclavare.ratls.policy import PolicyMismatch, RatlsPolicy
 from inclavare.ratls.verifier import CertificateNotValidNow, RatlsVerifier
 from inclavare.tee.sim_authority import SimAuthority
 from inclavare.verify.evidence import TrustConfig
-from tests.ratls.conftest import MR_A, MR_B, VerifierFactory, build_certificate, extensions_of
+from tests.ratls.conftest import (
+    MR_A,
+    MR_B,
+    VerifierFactory,
+    build_certificate,
+    extensions_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +109,10 @@ def test_evidence_replayed_with_another_key_is_refused(cert_a: bytes, make_verif
 
 def test_claims_rewritten_for_another_key_break_the_report_data(
         cert_a: bytes, make_verifier: VerifierFactory, attester_a: SimAuthorityAttester) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     from inclavare.ratls import cbor_subset
     from inclavare.ratls.claims import build_claims
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     key = ec.generate_private_key(ec.SECP256R1())
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
