@@ -358,20 +358,35 @@ def test_all_errors_are_inclavare_errors() -> None:
 
 
 def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
-    import httpx
+    """A proxy in the way answering HTML, then an unreachable broker: typed errors, no traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from inclavare.services.kbs_client import KbsClient, parse_resource_uri
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/auth"):
-            return httpx.Response(200, content=b"<html>proxy</html>")
-        return httpx.Response(502, content=b"bad gateway")
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b"<html>proxy</html>" if self.path.endswith("/auth") else b"bad gateway"
+            self.send_response(200 if self.path.endswith("/auth") else 502)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    client = KbsClient("http://kbs.invalid", lambda rd: ("sample", {}), tee="sample",
-                       transport=httpx.MockTransport(handler))
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = KbsClient(f"http://127.0.0.1:{server.server_address[1]}", lambda rd: ("sample", {}), tee="sample")
     with pytest.raises(KbsError) as info:
         client.get_token()
     assert info.value.kind == "ProtocolError"
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(KbsError) as info:
+        KbsClient(f"http://127.0.0.1:{server.server_address[1]}", lambda rd: ("sample", {}), tee="sample").get_token()
+    assert info.value.kind == "Unreachable"
     for uri in ("http:///a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:///a/b/c?x=1"):
         with pytest.raises(KbsError):
             parse_resource_uri(uri)

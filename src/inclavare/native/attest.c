@@ -1,10 +1,12 @@
 /*
- * attest: the in-container client of the Inclavare node agent.
+ * attest: the in-container client of the enclave agent.
  *
  * Statically linked so that it runs in any image, even one holding only busybox. It speaks
- * HTTP/1.1 over the agent's workload socket, mounted read-only at /run/inclavare/agent.sock,
- * using CoCo's attestation-agent / confidential-data-hub REST paths. The agent decides who the
- * caller is from kernel facts (the socket peer's pid namespace), never from anything sent here.
+ * HTTP/1.1 over the enclave agent's socket, /run/inclavare/agent.sock inside the container,
+ * using CoCo's attestation-agent / confidential-data-hub REST paths. The enclave agent runs
+ * inside the enclave boundary: it generates the keys, runs the key broker protocol and decrypts
+ * secrets there; it admits only processes of its own container (kernel facts, never anything
+ * sent here).
  *
  *   attest evidence [--runtime-data STRING]   print the evidence JSON ({"quote": "<base64>"})
  *   attest token                              print a key broker attestation token
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -37,6 +40,22 @@ static int write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
 		ssize_t n = write(fd, buf, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Like write_all, on a socket, without SIGPIPE when the agent has already closed. */
+static int send_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -97,8 +116,12 @@ static int request(const char *path)
 	}
 	strcpy(addr.sun_path, sock_path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/* a secret fetch may start the agent and attest to a remote key broker: generous, bounded */
+	struct timeval tv = { .tv_sec = 120, .tv_usec = 0 };
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		fprintf(stderr, "attest: cannot reach the node agent at %s: %s\n", sock_path, strerror(errno));
+		fprintf(stderr, "attest: cannot reach the enclave agent at %s: %s\n", sock_path, strerror(errno));
 		return 1;
 	}
 	size_t hlen = strlen(path) + 128;
@@ -106,8 +129,9 @@ static int request(const char *path)
 	if (!head)
 		return 1;
 	snprintf(head, hlen, "GET %s HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n\r\n", path);
-	if (write_all(fd, head, strlen(head)) < 0) {
-		fprintf(stderr, "attest: write to the agent failed: %s\n", strerror(errno));
+	if (send_all(fd, head, strlen(head)) < 0 && errno != EPIPE) {
+		/* EPIPE: the agent answered (e.g. "busy") and closed before reading; read its answer */
+		fprintf(stderr, "attest: write to the enclave agent failed: %s\n", strerror(errno));
 		return 1;
 	}
 	free(head);
@@ -132,7 +156,9 @@ static int request(const char *path)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			fprintf(stderr, "attest: read from the agent failed: %s\n", strerror(errno));
+			if (errno == ECONNRESET && len > 0)
+				break; /* the answer arrived; the agent just closed hard */
+			fprintf(stderr, "attest: read from the enclave agent failed: %s\n", strerror(errno));
 			return 1;
 		}
 		if (n == 0)
@@ -150,12 +176,12 @@ static int request(const char *path)
 		}
 	}
 	if (!body || len < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || sscanf(buf + 9, "%3d", &status) != 1) {
-		fprintf(stderr, "attest: malformed response from the agent\n");
+		fprintf(stderr, "attest: malformed response from the enclave agent\n");
 		return 1;
 	}
 	size_t body_len = len - (size_t)(body - buf);
 	if (status != 200) {
-		fprintf(stderr, "attest: the agent refused (%d): ", status);
+		fprintf(stderr, "attest: the enclave agent refused (%d): ", status);
 		fwrite(body, 1, body_len, stderr);
 		fputc('\n', stderr);
 		return 1;

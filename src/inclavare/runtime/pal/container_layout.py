@@ -7,6 +7,8 @@ configuration, and a private tmpfs holding the exec socket.
 
 from __future__ import annotations
 
+from inclavare.services.enclave_layout import INTERPRETER_FLAGS, interpreter_command
+
 ROOT = "/.inclavare"
 RT = f"{ROOT}/rt"
 LOADER = f"{RT}/ld.so"
@@ -17,13 +19,10 @@ CONFIG = f"{ROOT}/runelet.json"
 RUN = f"{ROOT}/run"
 SOCKET = f"{RUN}/runelet.sock"
 
-# -I: isolated (no user site, no PYTHON* variables, no script dir on sys.path); -S: no site
-# import (the folder has no site-packages); -B: the folder is read-only; -X utf8: file names
-# and JSON are UTF-8 whatever the container's locale.
 BOOT = "from inclavare.runtime.pal.runelet import main; main()"
-INTERPRETER_ARGS = ("-I", "-S", "-B", "-X", "utf8", "-c", BOOT)
+INTERPRETER_ARGS = (*INTERPRETER_FLAGS, "-c", BOOT)
 
 
 def runelet_command(*args: str) -> list[str]:
     """The process args that start the runelet through the bundled dynamic loader."""
-    return [LOADER, "--library-path", LIBDIR, PYTHON, *INTERPRETER_ARGS, *args]
+    return [*interpreter_command(RT, BOOT), *args]

@@ -1,20 +1,27 @@
-"""The runelet runtime folder and the launch planner rune calls.
+"""The enclave-side runtime folder: what runs inside a simulated enclave container besides the
+workload, and the launch planner rune calls.
 
-The folder is a curated, read-only slice of the host that lets the host's Python run as an
-enclave container's pid 1 whatever the image holds (busybox is enough)::
+The folder is a curated, read-only slice of the host that lets the host's Python run inside an
+enclave container whatever the image holds (busybox is enough) — as the runelet (pid 1 of
+containers with a PAL enclave runtime) and as the enclave agent (started on demand in simulated
+enclaves)::
 
     ld.so                  the host's dynamic loader (the interpreter's PT_INTERP)
     bin/python             the host interpreter
     lib/<soname>           exactly the shared libraries the interpreter, the extension
-                           modules the runelet imports (ctypes -> libffi, ...) and the
-                           configured PAL libraries need, as the host loader resolves them
-    lib/pythonX.Y/         the stdlib modules the runelet imports (found by importing the
-                           runelet and every built-in runtime in a clean interpreter), the
-                           whole ``encodings`` package (codecs are looked up by name at run
-                           time), their byte code, and this package's runelet modules
+                           modules imported inside (ctypes -> libffi, ssl -> libssl,
+                           cryptography's bindings, ...) and the configured PAL libraries need,
+                           as the host loader resolves them
+    lib/pythonX.Y/         the stdlib modules the runelet and the enclave agent import (found
+                           by importing them in a clean interpreter), the whole ``encodings``
+                           package (codecs are looked up by name at run time), their byte code,
+                           this package's enclave-side modules, and the few third-party
+                           packages the enclave agent needs (ENCLAVE_PACKAGES)
+    tools/enclave-init     static: the first program of a simulated enclave container
+    tools/attest           static: the in-container client of the enclave agent
     MANIFEST.json          every file with its host source and SHA-256
 
-Nothing else of the host is exposed: no site-packages, no other libraries, no tests, tk,
+Nothing else of the host is exposed: no other site-packages, no other libraries, no tests, tk,
 idle or ensurepip. Folders are keyed by the content of all of that (an interpreter, libc or
 inclavare upgrade yields a new folder), built in a temporary directory, checked by starting
 the interpreter from the folder alone, then renamed into place; concurrent builders
@@ -40,10 +47,11 @@ from inclavare.atomic_file import locked, write_atomic
 from inclavare.errors import NotSupportedError, RuntimeFailure
 from inclavare.runtime.pal import container_layout as layout
 from inclavare.runtime.pal.elf_info import ElfError, read_elf
+from inclavare.services.enclave_layout import TOOLS_DIR_NAME
 
-LAYOUT_VERSION = 1
-# The modules the runelet may import inside the container: its two modes and every
-# built-in Python runtime.
+LAYOUT_VERSION = 2
+# The modules imported inside the container: the runelet's two modes, every built-in Python
+# runtime, and the enclave agent with its key broker client.
 RUNELET_MODULES = (
     "inclavare.runtime.pal.runelet",
     "inclavare.runtime.pal.runelet_init",
@@ -51,10 +59,20 @@ RUNELET_MODULES = (
     "inclavare.runtime.pal.sim",
     "inclavare.runtime.pal.occlum",
     "inclavare.runtime.pal.gramine",
+    "inclavare.services.enclave_agent.main",
+    "inclavare.services.enclave_agent.agent",
+    "inclavare.services.kbs_client",
+    "inclavare.services.http_transport",
 )
+# Third-party top-level modules allowed from site-packages (the enclave agent's crypto,
+# canonical JSON and HTTP parser); anything else imported from site-packages is an error.
+ENCLAVE_PACKAGES = frozenset({"cryptography", "_cffi_backend", "cffi", "rfc8785", "h11"})
+# Static programs placed in tools/: (source name under inclavare/native, file name).
+TOOLS = (("enclave_init", "enclave-init"), ("attest", "attest"))
 _PROBE = """
 import importlib, json, sys
 sys.path.insert(0, {parent!r})
+sys.path.extend({site!r})
 for name in {modules!r}:
     importlib.import_module(name)
 print(json.dumps({{n: m.__file__ for n, m in list(sys.modules.items())
@@ -81,6 +99,12 @@ def _package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(inclavare.__file__)))
 
 
+def _site_dirs() -> list[str]:
+    """Where the allowed third-party packages are installed (this interpreter's site-packages)."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(os.path.realpath(paths[k]) for k in ("purelib", "platlib")))
+
+
 def _stdlib_version_dir() -> str:
     return f"lib/python{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -90,7 +114,7 @@ def _clean_env() -> dict[str, str]:
 
 
 def _probe_modules() -> dict[str, str]:
-    script = _PROBE.format(parent=_package_parent(), modules=RUNELET_MODULES)
+    script = _PROBE.format(parent=_package_parent(), site=_site_dirs(), modules=RUNELET_MODULES)
     proc = subprocess.run([_python(), "-I", "-S", "-c", script], capture_output=True,
                           env=_clean_env(), timeout=60)
     if proc.returncode != 0:
@@ -105,19 +129,22 @@ def _python_files() -> list[RtFile]:
     platstdlib = os.path.realpath(sysconfig.get_paths()["platstdlib"])
     package_parent = os.path.realpath(_package_parent())
     pyver = _stdlib_version_dir()
+    site_dirs = _site_dirs()
     files: dict[str, RtFile] = {}
     for name, path in sorted(_probe_modules().items()):
         real = os.path.realpath(path)
-        for root in (package_parent, platstdlib, stdlib):
-            if real.startswith(root + os.sep):
-                rel = os.path.relpath(real, root)
-                break
-        else:
+        top = name.split(".", 1)[0]
+        roots = [package_parent] if top == "inclavare" else [*site_dirs, platstdlib, stdlib]
+        root = next((r for r in roots if real.startswith(r + os.sep)), None)
+        if root is None:
             raise NotSupportedError(
-                f"the runelet imports {name} from {path}, outside the standard library; "
-                "only stdlib modules can be placed in the runelet runtime folder")
-        if os.sep + "site-packages" + os.sep in os.sep + rel:
-            raise NotSupportedError(f"the runelet imports {name} from site-packages ({path})")
+                f"the enclave side imports {name} from {path}, outside the standard library, "
+                "this package and the allowed third-party packages")
+        if root in site_dirs and top not in ENCLAVE_PACKAGES:
+            raise NotSupportedError(
+                f"the enclave side imports {name} from site-packages ({path}); only "
+                f"{', '.join(sorted(ENCLAVE_PACKAGES))} may come from there")
+        rel = os.path.relpath(real, root)
         files[rel] = RtFile(f"{pyver}/{rel}", real)
     encodings = os.path.join(stdlib, "encodings")
     for entry in sorted(os.listdir(encodings)):
@@ -147,8 +174,22 @@ def _resolve_libraries(loader: str, objects: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def collect_sources(pal_libraries: Sequence[str] = ()) -> list[RtFile]:
-    """Every file of the folder, with where on the host it comes from."""
+def build_tools(native_dir: str) -> list[RtFile]:
+    """The static programs of tools/, compiled with the host's C compiler (cached by source)."""
+    from inclavare.native.build import build_static
+
+    return [RtFile(f"{TOOLS_DIR_NAME}/{dest}", build_static(source, native_dir), True) for source, dest in TOOLS]
+
+
+def _tools_digest() -> str:
+    from inclavare.native.build import source_text
+
+    return hashlib.sha256(b"".join(source_text(f"{source}.c") for source, _ in TOOLS)).hexdigest()
+
+
+def collect_sources(pal_libraries: Sequence[str] = (), native_dir: str | None = None) -> list[RtFile]:
+    """Every file of the folder, with where on the host it comes from (tools/ only with a
+    ``native_dir`` to build them in)."""
     python = _python()
     try:
         interp = read_elf(python).interpreter
@@ -165,6 +206,8 @@ def collect_sources(pal_libraries: Sequence[str] = ()) -> list[RtFile]:
     files += [RtFile(f"lib/{name}", path) for name, path in sorted(libs.items())
               if os.path.realpath(path) != loader]
     files += py_files
+    if native_dir is not None:
+        files += build_tools(native_dir)
     return sorted(files, key=lambda f: f.dest)
 
 
@@ -182,7 +225,7 @@ def _stat_key(path: str) -> list[int]:
 
 
 def _fingerprint(pal_libraries: Sequence[str]) -> str:
-    key = [LAYOUT_VERSION, _python(), sys.version, _package_parent(),
+    key = [LAYOUT_VERSION, _python(), sys.version, _package_parent(), _tools_digest(),
            sorted(os.path.realpath(p) for p in pal_libraries)]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
@@ -272,7 +315,7 @@ def ensure_runelet_rt(cache_dir: str, *, pal_libraries: Sequence[str] = ()) -> s
         folder = _from_index(cache_dir, fingerprint)
         if folder:
             return folder
-        files = collect_sources(pal_libraries)
+        files = collect_sources(pal_libraries, native_dir=os.path.join(cache_dir, "native"))
         digests = {f.dest: _sha256(f.source) for f in files}
         content = hashlib.sha256(json.dumps(
             [LAYOUT_VERSION, sys.version, [[f.dest, f.executable, digests[f.dest]] for f in files]]

@@ -8,15 +8,12 @@ DEFAULT_STATE_DIR = "/var/lib/inclavare"  # persistent: simulated TEE keys, encl
 DEFAULT_RUN_DIR = "/run/inclavare"  # volatile: sockets, registrations (containers die with the host too)
 SOCKET_ENV = "INCLAVARE_AGENT_SOCKET"
 CONTROL_SOCKET_NAME = "agent.sock"
-WORKLOAD_DIR_NAME = "workload"  # mounted read-only at /run/inclavare in every enclave container
-WORKLOAD_SOCKET_NAME = "agent.sock"
-IN_CONTAINER_DIR = "/run/inclavare"
+CHANNELS_DIR_NAME = "enclaves"  # one channel directory per enclave container, beside the control socket
 
 
 def default_control_socket() -> str:
     return os.environ.get(SOCKET_ENV) or os.path.join(DEFAULT_RUN_DIR, CONTROL_SOCKET_NAME)
 
 
-def workload_dir_for(control_socket: str) -> str:
-    """The workload directory sits next to the control socket."""
-    return os.path.join(os.path.dirname(os.path.abspath(control_socket)), WORKLOAD_DIR_NAME)
+def channels_dir_for(control_socket: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(control_socket)), CHANNELS_DIR_NAME)

@@ -1,10 +1,10 @@
-"""The agent's registry of enclave containers, kept in the run directory.
+"""The node agent's registry of enclave containers, kept in the run directory.
 
 Every registration is one JSON file written atomically, so a restarted agent (even after
-``kill -9``) knows every running enclave container and its measurement. A workload is matched to
-its container through the container's pid namespace, learnt from runc (``runc state``) and
-re-validated on every use (the init process must still be alive with the same start time), so a
-namespace inode recycled by a later container never inherits an identity.
+``kill -9``) knows every running enclave container and its measurement. A container's identity
+is its init process (learnt from ``runc state``), pinned by its start time: the namespaces a
+caller must share are read from that process each time, so a namespace inode recycled by a later
+container never inherits an identity.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import AgentError, ConfigError
-from inclavare.services.agent.peer import Peer, namespace_of, start_time
+from inclavare.services.peer import Namespaces, namespaces_of, start_time
+
+RESOLVE_INTERVAL = 0.5  # at most one `runc state` per container per this many seconds
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,17 @@ class Registration:
     registered_at: float = field(default_factory=time.time)
     init_pid: int = 0
     init_start: int = 0
-    pid_ns: tuple[int, int] | None = None
 
     @property
     def key(self) -> str:
         return registration_key(self.root, self.id)
 
+    @property
+    def tee(self) -> str:
+        return self.enclave.get("type", "")
+
     def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["pid_ns"] = list(self.pid_ns) if self.pid_ns else None
-        return d
+        return asdict(self)
 
 
 def registration_key(root: str, container_id: str) -> str:
@@ -74,6 +77,8 @@ def registration_from(doc: Any) -> Registration:
         raise ConfigError("measurement must be 32 bytes of hex") from None
     if not os.path.isabs(doc["root"]) or not os.path.isabs(doc["runc"]):
         raise ConfigError("root and runc must be absolute paths")
+    if "/" in doc["id"] or doc["id"] in (".", ".."):
+        raise ConfigError("container id must not contain '/'")
     cleanup = doc.get("cleanup", "")
     if not isinstance(cleanup, str) or (cleanup and not os.path.isabs(cleanup)):
         raise ConfigError("cleanup must be an absolute path")
@@ -89,14 +94,12 @@ def _remove_rune_state(path: str) -> None:
 
 
 class Registry:
-    def __init__(self, directory: str, host_pid_ns: tuple[int, int] | None = None) -> None:
+    def __init__(self, directory: str) -> None:
         self.directory = directory
-        # processes in this namespace are on the host, in no container
-        self.host_pid_ns = host_pid_ns or namespace_of(os.getpid())
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._items: dict[str, Registration] = {}
-        self._by_ns: dict[tuple[int, int], str] = {}
+        self._last_resolve: dict[str, float] = {}
         self._load()
 
     def _path(self, key: str) -> str:
@@ -111,13 +114,10 @@ class Registry:
                     doc = json.load(f)
                 reg = registration_from(doc)
                 reg = replace(reg, registered_at=float(doc.get("registered_at", 0)),
-                              init_pid=int(doc.get("init_pid", 0)), init_start=int(doc.get("init_start", 0)),
-                              pid_ns=(int(doc["pid_ns"][0]), int(doc["pid_ns"][1])) if doc.get("pid_ns") else None)
+                              init_pid=int(doc.get("init_pid", 0)), init_start=int(doc.get("init_start", 0)))
             except (OSError, ValueError, ConfigError, KeyError, TypeError):
                 continue  # a damaged file is skipped, never trusted
             self._items[reg.key] = reg
-            if reg.pid_ns and self._valid(reg):  # a dead container's namespace inode may be reused
-                self._by_ns[reg.pid_ns] = reg.key
 
     def _save(self, reg: Registration) -> None:
         # /run dies with the host and its containers: atomic against a killed agent is enough
@@ -130,43 +130,77 @@ class Registry:
                 raise AgentError(f"container {reg.id} is already registered")
             self._save(reg)
             self._items[reg.key] = reg
+            self._last_resolve.pop(reg.key, None)
             return reg
 
-    def deregister(self, root: str, container_id: str) -> bool:
+    def deregister(self, root: str, container_id: str) -> Registration | None:
         key = registration_key(root, container_id)
         with self._lock:
             reg = self._items.pop(key, None)
+            self._last_resolve.pop(key, None)
             if reg is None:
-                return False
-            if reg.pid_ns:
-                self._by_ns.pop(reg.pid_ns, None)
+                return None
             try:
                 os.unlink(self._path(key))
             except FileNotFoundError:
                 pass
-            _remove_rune_state(reg.cleanup)
-            return True
+        _remove_rune_state(reg.cleanup)
+        return reg
 
     def get(self, root: str, container_id: str) -> Registration | None:
         return self._items.get(registration_key(root, container_id))
 
+    def by_key(self, key: str) -> Registration | None:
+        return self._items.get(key)
+
     def all(self) -> list[Registration]:
         return sorted(self._items.values(), key=lambda r: r.registered_at)
 
-    # -- identification -------------------------------------------------------------------
+    # -- identity -------------------------------------------------------------------------
 
-    def _valid(self, reg: Registration) -> bool:
-        if not reg.init_pid or not reg.pid_ns:
-            return False
+    def init_namespaces(self, key: str) -> Namespaces | None:
+        """The namespaces of the container's init process, or None while it does not run.
+
+        The recorded init is trusted only while it is alive with its recorded start time; else
+        runc is asked again (at most every RESOLVE_INTERVAL seconds per container, so callers
+        cannot make the agent run runc in a loop)."""
+        reg = self._items.get(key)
+        if reg is None:
+            return None
+        if reg.init_pid:
+            ns = namespaces_of(reg.init_pid, reg.init_start)
+            if ns is not None:
+                return ns
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_resolve.get(key, -RESOLVE_INTERVAL) < RESOLVE_INTERVAL:
+                return None
+            self._last_resolve[key] = now
+        pid = self._runc_pid(reg)
+        if pid <= 0:
+            return None
         try:
-            return start_time(reg.init_pid) == reg.init_start and namespace_of(reg.init_pid) == reg.pid_ns
+            started = start_time(pid)
         except (OSError, ValueError):
-            return False
+            return None
+        ns = namespaces_of(pid, started)
+        if ns is None:
+            return None
+        with self._lock:
+            if self._items.get(key) is reg:
+                resolved = replace(reg, init_pid=pid, init_start=started)
+                self._items[key] = resolved
+                self._save(resolved)
+        return ns
+
+    def _alive(self, reg: Registration) -> bool:
+        return bool(reg.init_pid) and namespaces_of(reg.init_pid, reg.init_start) is not None
 
     def _still_running(self, reg: Registration) -> bool:
-        return self._valid(reg) or self._runc_pid(reg) > 0
+        return self._alive(reg) or self._runc_pid(reg) > 0
 
     def _runc_pid(self, reg: Registration) -> int:
+        """The init pid runc reports (0: not running; -1: runc does not know the container)."""
         try:
             r = subprocess.run([reg.runc, "--root", reg.root, "state", reg.id], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
@@ -182,53 +216,14 @@ class Registry:
         pid = state.get("pid")
         return pid if isinstance(pid, int) and pid > 0 else 0
 
-    def _resolve(self, reg: Registration) -> Registration | None:
-        pid = self._runc_pid(reg)
-        if pid <= 0:
-            return None
-        try:
-            resolved = replace(reg, init_pid=pid, init_start=start_time(pid), pid_ns=namespace_of(pid))
-        except (OSError, ValueError):
-            return None
-        self._save(resolved)
-        self._items[reg.key] = resolved
-        if resolved.pid_ns:
-            self._by_ns[resolved.pid_ns] = reg.key
-        return resolved
-
-    def identify(self, peer: Peer) -> Registration | None:
-        """The enclave container the peer runs in, or None.
-
-        Namespace inodes are recycled once a namespace dies, so a mapping is trusted only while
-        the registered init process is alive, with its start time, in that namespace.
-        """
-        if peer.pid_ns == self.host_pid_ns:
-            return None
-        with self._lock:
-            key = self._by_ns.get(peer.pid_ns)
-            reg = self._items.get(key) if key else None
-            if reg is not None and reg.pid_ns == peer.pid_ns and self._valid(reg):
-                return reg
-            self._by_ns.pop(peer.pid_ns, None)
-            for reg in self._items.values():
-                if reg.pid_ns == peer.pid_ns and self._valid(reg):
-                    self._by_ns[peer.pid_ns] = reg.key
-                    return reg
-            for reg in list(self._items.values()):
-                if reg.pid_ns and self._valid(reg):
-                    continue  # alive in another namespace
-                resolved = self._resolve(reg)
-                if resolved is not None and resolved.pid_ns == peer.pid_ns:
-                    return resolved
-        return None
-
-    def collect_garbage(self) -> list[str]:
+    def collect_garbage(self) -> list[Registration]:
         """Drop registrations whose container runc no longer knows."""
         gone = []
         for reg in self.all():
-            if self._valid(reg):
+            if self._alive(reg):
                 continue
             if self._runc_pid(reg) == -1:
-                self.deregister(reg.root, reg.id)
-                gone.append(reg.id)
+                dropped = self.deregister(reg.root, reg.id)
+                if dropped is not None:
+                    gone.append(dropped)
         return gone

@@ -1,0 +1,187 @@
+/*
+ * enclave-init: the first program of a simulated enclave container.
+ *
+ *   enclave-init SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]
+ *
+ * 1. Creates the enclave agent's listening socket at SOCKET (on the container's private tmpfs
+ *    at /run/inclavare), so a workload can connect from its first instruction on.
+ * 2. Forks a small supervisor that waits until someone connects and only then starts the
+ *    enclave agent (AGENT-ARGV, with the listening socket as fd 3 and INCLAVARE_LISTEN_FD=3):
+ *    a container that never asks for evidence or secrets never pays for the agent's
+ *    interpreter. The supervisor restarts the agent on the next connection if it ever exits,
+ *    and answers 503 (with the reason on the container's stderr) while it cannot start.
+ * 3. Execs PROGRAM in its own place, so the workload is the container's pid 1 exactly as
+ *    without an enclave: same signals, same exit status, same stdio.
+ *
+ * The supervisor and the agent live in the container's namespaces and cgroup: in the
+ * simulated TEE that is the enclave boundary. Statically linked, like the attest client, so it
+ * runs in any image.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BIN_LINK "/run/inclavare/bin"
+#define BIN_TARGET "rt/tools"
+#define FAILED_START_SECONDS 3
+
+static void die(const char *what, const char *arg)
+{
+	fprintf(stderr, "enclave-init: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "", strerror(errno));
+	exit(127);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Answer every connection waiting in the backlog: the agent could not start. */
+static void refuse_pending(int lfd, int status)
+{
+	char body[160], msg[320];
+	int blen = snprintf(body, sizeof(body),
+			    "{\"detail\": \"the enclave agent failed to start (status %d); its reason is on the "
+			    "container's stderr\"}", status);
+	int mlen = snprintf(msg, sizeof(msg),
+			    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+			    "content-length: %d\r\nconnection: close\r\n\r\n%s", blen, body);
+	for (;;) {
+		int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (c < 0)
+			return;
+		struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
+		char sink[4096];
+		fcntl(c, F_SETFL, 0);
+		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		if (write(c, msg, (size_t)mlen) < 0) {
+			/* nothing to do: the client will see the connection close */
+		}
+		shutdown(c, SHUT_WR);
+		/* read what the client sent: closing with unread data would reset its connection
+		 * before it reads the answer */
+		for (int i = 0; i < 16 && read(c, sink, sizeof(sink)) > 0; i++)
+			;
+		close(c);
+	}
+}
+
+static void supervise(int lfd, char **agent_argv)
+{
+	static char listen_fd[] = "INCLAVARE_LISTEN_FD=3";
+	static char path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+	char *envp[] = { listen_fd, path, NULL };
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	/* Out of the workload's session and process group: a Ctrl-C meant for the workload must not
+	 * reach the agent. Its stderr stays the container's, for one-line start-up failures. */
+	setsid();
+	prctl(PR_SET_NAME, "enclave-agent", 0, 0, 0);
+	if (devnull >= 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	for (;;) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			die("poll", NULL);
+		}
+		double started = now();
+		pid_t pid = fork();
+		if (pid < 0) {
+			sleep(1);
+			continue;
+		}
+		if (pid == 0) {
+			/* the agent inherits the listening socket as fd 3 (dup2 clears close-on-exec; when
+			 * it already is fd 3, clear the flag itself) */
+			if (lfd == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(lfd, 3) < 0)
+				_exit(126);
+			signal(SIGPIPE, SIG_DFL);
+			signal(SIGHUP, SIG_DFL);
+			execve(agent_argv[0], agent_argv, envp);
+			fprintf(stderr, "enclave-init: cannot start the enclave agent %s: %s\n", agent_argv[0],
+				strerror(errno));
+			_exit(127);
+		}
+		int st = 0;
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		if (now() - started < FAILED_START_SECONDS) {
+			refuse_pending(lfd, status);
+			sleep(1); /* no hot loop while the agent cannot start */
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int sep = 0;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			sep = i;
+			break;
+		}
+	}
+	if (argc < 5 || sep < 3 || sep + 1 >= argc) {
+		fprintf(stderr, "usage: enclave-init SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]\n");
+		return 127;
+	}
+	const char *sock_path = argv[1];
+	argv[sep] = NULL; /* agent argv: argv[2..sep-1] */
+
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(sock_path) >= sizeof(addr.sun_path)) {
+		errno = ENAMETOOLONG;
+		die("socket path", sock_path);
+	}
+	strcpy(addr.sun_path, sock_path);
+	/* the workload expects the attest client at /run/inclavare/bin: a link into the runtime folder */
+	if (symlink(BIN_TARGET, BIN_LINK) < 0 && errno != EEXIST)
+		die("cannot create", BIN_LINK);
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0)
+		die("socket", NULL);
+	unlink(sock_path);
+	mode_t old = umask(0);
+	/* any user of the container may ask; the agent checks every caller's namespaces */
+	if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		die("cannot create the enclave agent's socket", sock_path);
+	umask(old);
+	if (listen(lfd, 128) < 0)
+		die("listen", sock_path);
+
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", NULL);
+	if (pid == 0) {
+		supervise(lfd, argv + 2);
+		_exit(0);
+	}
+	close(lfd);
+	execvp(argv[sep + 1], argv + sep + 1);
+	int err = errno;
+	fprintf(stderr, "enclave-init: cannot execute %s: %s\n", argv[sep + 1], strerror(err));
+	return err == ENOENT ? 127 : 126;
+}

@@ -1,0 +1,162 @@
+"""A container's channel to the node agent: what the host does for an enclave, and nothing more.
+
+Each registered enclave container gets ``<run>/enclaves/<key>/host.sock``, bind-mounted read-only
+at ``/run/inclavare/host`` in that container only. It offers exactly what the host offers an
+enclave on real hardware:
+
+* ``POST /v1/quote`` ``{"report_data": "<base64, ≤ 64 bytes>"}`` — the quoting enclave's part:
+  a quote for the measurement recorded at create, over report data the enclave chose
+  (``{"tee": "sgx", "evidence": {"quote": ...}, "simulated": true}``);
+* ``GET /v1/collateral`` — collateral for verifiers;
+* ``GET /v1/info`` — the TEE and where the relay goes (hints from an untrusted host);
+* ``CONNECT kbs`` — an opaque tunnel to the configured key broker, for containers without a
+  network: bytes are copied both ways and counted, never parsed, logged or stored.
+
+Only processes whose pid, mount and cgroup namespaces are those of the container's init are
+answered; anyone else — a host process, a container sharing the pid namespace, a process that
+reaches the socket through a bind mount or ``/proc/N/root``, another enclave — gets ``403``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from inclavare.errors import ConfigError, NotSupportedError
+from inclavare.services.agent.registry import Registration, Registry
+from inclavare.services.peer import Peer
+from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
+
+SIM_TYPE = "sim"
+REFUSED = "refused: this channel answers only the processes of the enclave container it belongs to"
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> RelayTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"key broker URL must be http://HOST[:PORT] or https://HOST[:PORT], not {url!r}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigError(f"key broker URL has an invalid port: {url!r}") from None
+        return cls(url.rstrip("/"), parts.hostname, port)
+
+    def connect(self, timeout: float) -> socket.socket:
+        try:
+            return socket.create_connection((self.host, self.port), timeout=timeout)
+        except OSError as exc:
+            raise HttpError(502, f"cannot reach the key broker at {self.host}:{self.port}: "
+                                 f"{exc.strerror or exc}") from None
+
+
+@dataclass
+class RelayCounters:
+    """What went through a container's relay: counts only, the bytes themselves are never kept."""
+
+    tunnels: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, up: int, down: int) -> None:
+        with self.lock:
+            self.tunnels += 1
+            self.bytes_up += up
+            self.bytes_down += down
+
+    def public(self) -> dict[str, int]:
+        with self.lock:
+            return {"tunnels": self.tunnels, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+
+
+class Quoter:
+    """The simulated quoting enclave (the node's SimAuthority), loaded on first use."""
+
+    def __init__(self, load_authority: Any) -> None:
+        self._load = load_authority
+
+    def quote(self, reg: Registration, report_data: bytes) -> bytes:
+        if reg.tee != SIM_TYPE:
+            raise NotSupportedError(
+                f"quotes for enclave type {reg.tee} come from the platform's quoting service "
+                "(aesmd / configfs-tsm inside the enclave), not from the node agent")
+        return bytes(self._load().quote(bytes.fromhex(reg.measurement), report_data.ljust(64, b"\0")))
+
+    def collateral_json(self) -> bytes:
+        return str(self._load().collateral().to_json()).encode()
+
+
+class Channels:
+    """Admission and routes of every container's channel (one listener per container)."""
+
+    def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None) -> None:
+        self.registry = registry
+        self.quoter = quoter
+        self.relay = relay
+        self.counters: dict[str, RelayCounters] = {}
+
+    def admit(self, key: str, peer: Peer | None) -> None:
+        """Raise 403 unless ``peer`` is a process of the container registered under ``key``."""
+        if peer is None or peer.ns is None:
+            raise HttpError(403, f"{REFUSED} (the caller could not be identified)")
+        expected = self.registry.init_namespaces(key)
+        if expected is None:
+            raise HttpError(403, f"{REFUSED} (the container is not running)")
+        differing = expected.differing(peer.ns)
+        if differing:
+            raise HttpError(403, f"{REFUSED} (the caller's {', '.join(differing)} namespace differs)")
+
+    def handle(self, key: str, request: Request) -> Response | Tunnel:
+        reg = self.registry.by_key(key)
+        if reg is None:
+            raise HttpError(403, f"{REFUSED} (no such registration)")
+        method, path = request.method, request.path
+        if method == "POST" and path == "/v1/quote":
+            return Response.json(200, {"tee": "sgx", "evidence": {"quote": base64.b64encode(
+                self.quoter.quote(reg, _report_data(request.json()))).decode()}, "simulated": reg.tee == SIM_TYPE})
+        if method == "GET" and path == "/v1/collateral":
+            if reg.tee != SIM_TYPE:
+                raise NotSupportedError("collateral for hardware quotes comes from Intel's PCS or a PCCS")
+            return Response(200, self.quoter.collateral_json())
+        if method == "GET" and path == "/v1/info":
+            return Response.json(200, {"container": reg.id, "tee": reg.tee, "simulated": reg.tee == SIM_TYPE,
+                                       "kbs": {"url": self.relay.url} if self.relay else None})
+        if method == "CONNECT":
+            return self._tunnel(key, request.target)
+        raise HttpError(404, f"no such endpoint: {method} {path}")
+
+    def _tunnel(self, key: str, target: str) -> Tunnel:
+        if target.split(":", 1)[0] != "kbs":
+            raise HttpError(403, "the relay reaches the key broker only (CONNECT kbs)")
+        if self.relay is None:
+            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        counters = self.counters.setdefault(key, RelayCounters())
+        return Tunnel(connect=self.relay.connect, done=counters.add)
+
+    def forget(self, key: str) -> None:
+        self.counters.pop(key, None)
+
+
+def _report_data(body: Any) -> bytes:
+    value = body.get("report_data") if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        raise HttpError(400, 'body must be {"report_data": "<base64 of at most 64 bytes>"}')
+    try:
+        data = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise HttpError(400, "report_data is not base64") from None
+    if len(data) > 64:
+        raise HttpError(400, "report_data is longer than 64 bytes")
+    return data

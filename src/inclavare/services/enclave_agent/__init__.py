@@ -1,0 +1,1 @@
+"""The enclave agent: attestation and secrets inside the enclave boundary (CoCo's AA/CDH API)."""

@@ -1,0 +1,116 @@
+"""The enclave agent's API: CoCo's attestation-agent and CDH REST paths, answered inside the enclave.
+
+* ``GET /aa/evidence?runtime_data=...`` — evidence whose report data is the given bytes
+  (zero-padded to 64): the quote comes from the host's quoting service over report data chosen
+  here; ``{"quote": "<base64>"}`` as CoCo's SGX attester emits it;
+* ``GET /aa/token?token_type=kbs`` — ``{"token": ...}``, an attestation token of the key broker;
+* ``GET /cdh/resource/REPO/TYPE/TAG`` — the resource's plaintext bytes.
+
+For the last two the agent itself is the key broker client: it generates the TEE key pair here,
+runs the KBS protocol through the node agent's opaque relay with evidence binding its own key
+and the broker's nonce, and decrypts the JWE here. The key and the token never leave this
+process. Callers are admitted only if they are processes of this very container (same pid,
+mount and cgroup namespaces as the agent); a neighbour that reaches the socket through
+``/proc/N/root`` or a shared pid namespace is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from inclavare.services.enclave_agent.host_channel import HostChannel, HostChannelError
+from inclavare.services.peer import Namespaces, Peer, own_namespaces
+from inclavare.services.unix_http import HttpError, Request, Response
+
+log = logging.getLogger("inclavare.enclave_agent")
+
+RESOURCE_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+[A-Za-z0-9_\-.]*$")
+REFUSED = "refused: the enclave agent answers only the processes of its own enclave container"
+
+
+class EnclaveAgent:
+    def __init__(self, host: HostChannel, own: Namespaces | None = None) -> None:
+        self.host = host
+        self.own = own or own_namespaces()
+        self._kbs: Any = None
+        self._kbs_lock = threading.Lock()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def admit(self, peer: Peer | None) -> None:
+        if peer is None or peer.pid <= 0:
+            # pid 0: the caller lives in a pid namespace this container cannot see (the host,
+            # another container) and reached the socket through a bind mount or /proc/N/root
+            raise HttpError(403, f"{REFUSED} (the caller is outside its pid namespace)")
+        if peer.ns is None:
+            raise HttpError(403, f"{REFUSED} (the caller could not be inspected; is it another user's "
+                                 "process while the agent does not run as root?)")
+        differing = self.own.differing(peer.ns)
+        if differing:
+            raise HttpError(403, f"{REFUSED} (the caller's {', '.join(differing)} namespace differs)")
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        if request.method != "GET":
+            raise HttpError(405, f"{request.method} is not supported here")
+        path = request.path
+        if path == "/aa/evidence":
+            data = request.raw_query().get("runtime_data", b"")
+            if len(data) > 64:
+                raise HttpError(400, "runtime data longer than 64 bytes")
+            _, evidence = self._quote(data)
+            return Response.json(200, evidence)
+        if path == "/aa/token":
+            if request.query().get("token_type", "kbs") != "kbs":
+                raise HttpError(400, "only token_type=kbs is supported")
+            with self._kbs_lock:
+                return Response.json(200, {"token": self._client().get_token()})
+        if path.startswith("/cdh/resource/"):
+            segments = path[len("/cdh/resource/"):].split("/")
+            if len(segments) != 3 or not all(RESOURCE_SEGMENT.match(s) for s in segments):
+                raise HttpError(400, "resource path must be /cdh/resource/REPO/TYPE/TAG")
+            with self._kbs_lock:
+                data = self._client().get_resource("kbs:///" + "/".join(segments))
+            return Response(200, data, "application/octet-stream")
+        raise HttpError(404, f"no such endpoint: {path}")
+
+    def _quote(self, report_data: bytes) -> tuple[str, dict[str, str]]:
+        try:
+            return self.host.quote(report_data)
+        except HostChannelError as exc:
+            raise HttpError(502, str(exc)) from None
+
+    def _client(self) -> Any:
+        """The key broker client, made on first use (its imports cost what a container that never
+        asks for a secret should not pay)."""
+        if self._kbs is None:
+            from inclavare.services.http_transport import HttpTransport
+            from inclavare.services.kbs_client import KbsClient
+
+            url = self._relay_url()
+            transport = HttpTransport(url, connect=self._tunnel)
+            self._kbs = KbsClient(url, self._quote, tee="sgx", transport=transport)
+        return self._kbs
+
+    def _relay_url(self) -> str:
+        try:
+            info = self.host.info()
+        except HostChannelError as exc:
+            raise HttpError(502, str(exc)) from None
+        kbs = info.get("kbs")
+        url = kbs.get("url") if isinstance(kbs, dict) else None
+        if not isinstance(url, str) or not url:
+            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        return url
+
+    def _tunnel(self, timeout: float) -> Any:
+        from inclavare.services.http_transport import TransportError
+
+        try:
+            return self.host.tunnel(timeout)
+        except HostChannelError as exc:
+            raise TransportError(str(exc)) from None

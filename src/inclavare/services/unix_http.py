@@ -1,0 +1,533 @@
+"""A bounded HTTP/1.1 server on unix sockets: h11 speaks the protocol, this module sets the limits.
+
+Every listening socket of the node agent and of the enclave agent is served here, so all of them
+hold the same way when someone pushes on them:
+
+* the caller is identified from the kernel (:mod:`inclavare.services.peer`) and admitted or
+  refused *before* a byte of its request is read;
+* open connections are capped in all and per listening socket (over the cap: an immediate
+  ``503``), requests are handled by a capped pool of worker threads;
+* a request must arrive whole within a deadline (a client that trickles bytes is cut off with
+  ``408``), its head and body have size limits (``431``/``413``), the answer is written under a
+  deadline too;
+* ``CONNECT`` tunnels (the node agent's opaque relay) are capped, idle-timed-out, and copy bytes
+  without looking at them.
+
+Handlers raise :class:`HttpError` (or any ``InclavareError``) and get a one-line JSON error
+(``{"detail": ..., "type": ...}``); an unexpected exception is logged and answered ``500``
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, unquote_to_bytes, urlsplit
+
+import h11
+
+from inclavare import fastjson
+from inclavare.errors import ConfigError, FormatError, InclavareError, KbsError, NotSupportedError
+from inclavare.services.peer import Peer, identify
+
+REASONS = {200: b"OK", 201: b"Created", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+           405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large",
+           431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+_BUSY_BODY = b'{"detail": "too many connections; try again shortly"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+         b"content-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
+class HttpError(InclavareError):
+    """An answer other than success, with the status and the one-line reason to send."""
+
+    def __init__(self, status: int, detail: str, kind: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Limits:
+    workers: int = 8  # threads handling requests
+    max_connections: int = 256  # open connections in all (each holds a file descriptor)
+    per_listener: int = 16  # open connections on one listening socket
+    max_tunnels: int = 64  # CONNECT tunnels in all
+    tunnels_per_listener: int = 8
+    request_deadline: float = 10.0  # to receive a whole request (head and body)
+    response_deadline: float = 30.0  # to write the answer
+    max_head: int = 16 * 1024
+    max_body: int = 1 << 20
+    tunnel_idle: float = 60.0  # a tunnel with no byte either way for this long is closed
+    tunnel_connect: float = 10.0  # to reach a tunnel's destination
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    peer: Peer | None
+    listener: Listener
+
+    @property
+    def path(self) -> str:
+        return unquote(urlsplit(self.target).path)
+
+    def query(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(urlsplit(self.target).query, keep_blank_values=True).items()}
+
+    def raw_query(self) -> dict[str, bytes]:
+        """Query values as percent-decoded bytes (first occurrence wins): binary data passes."""
+        out: dict[str, bytes] = {}
+        for item in urlsplit(self.target).query.split("&"):
+            key, _, value = item.partition("=")
+            name = unquote_to_bytes(key.replace("+", " ")).decode("utf-8", "replace")
+            out.setdefault(name, unquote_to_bytes(value.replace("+", " ")))
+        return out
+
+    def json(self) -> Any:
+        if not self.body:
+            return None
+        try:
+            return fastjson.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "request body is not valid JSON") from None
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, doc: Any) -> Response:
+        return cls(status, fastjson.dumps(doc).encode())
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """A handler's answer to CONNECT: open the destination; bytes then flow both ways unread.
+    ``done(up, down)`` is told how many bytes went each way."""
+
+    connect: Callable[[float], socket.socket]
+    done: Callable[[int, int], None] = lambda up, down: None
+
+
+Handler = Callable[[Request], "Response | Tunnel"]
+Admit = Callable[[Peer | None], None]  # raises HttpError to refuse
+
+
+def _admit_anyone(peer: Peer | None) -> None:
+    return None
+
+
+@dataclass(eq=False)
+class Listener:
+    sock: socket.socket
+    name: str
+    handle: Handler
+    admit: Admit = _admit_anyone
+    path: str = ""
+    active: int = 0
+    tunnels: int = 0
+    closed: bool = False
+    context: Any = None  # whatever the owner wants to find again (e.g. a registration key)
+
+
+def error_response(exc: BaseException, log: logging.Logger) -> Response:
+    """The one place that turns an exception into a status and a one-line reason."""
+    if isinstance(exc, HttpError):
+        doc = {"detail": exc.detail, **({"type": exc.kind} if exc.kind else {})}
+        return Response.json(exc.status, doc)
+    if isinstance(exc, KbsError):
+        return Response.json(502, {"detail": f"key broker: {exc}", "type": exc.kind})
+    if isinstance(exc, NotSupportedError):
+        return Response.json(501, {"detail": str(exc)})
+    if isinstance(exc, (ConfigError, FormatError)):
+        return Response.json(400, {"detail": str(exc)})
+    if isinstance(exc, InclavareError):
+        return Response.json(500, {"detail": str(exc)})
+    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return Response.json(500, {"detail": f"internal error: {type(exc).__name__}"})
+
+
+PUMP_BUFFER = 1 << 18  # bytes buffered per tunnel direction before reading from that side pauses
+
+
+def _shutdown_write(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _drain(conn: socket.socket, budget: int = 1 << 20, wait: float = 0.5) -> None:
+    """Discard what the client still sends until it closes (briefly, boundedly): closing a unix
+    socket with unread data would make the client's next read fail with ECONNRESET instead of
+    ending after our answer."""
+    conn.settimeout(wait)
+    while budget > 0:
+        try:
+            chunk = conn.recv(65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        budget -= len(chunk)
+
+
+class UnixHttpServer:
+    """Serves any number of listening sockets (added and removed while running)."""
+
+    def __init__(self, limits: Limits | None = None, log: logging.Logger | None = None) -> None:
+        self.limits = limits or Limits()
+        self.log = log or logging.getLogger("inclavare.http")
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._active = 0
+        self._tunnels = 0
+        self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="http")
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending: list[tuple[str, Listener]] = []
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def listen(self, path: str, handle: Handler, *, name: str, mode: int = 0o600, admit: Admit = _admit_anyone,
+               context: Any = None) -> Listener:
+        """Bind a unix socket at ``path`` (replacing a stale file) and serve it."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock.bind(path)
+            os.chmod(path, mode)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        return self.adopt(sock, handle, name=name, admit=admit, path=path, context=context)
+
+    def adopt(self, sock: socket.socket, handle: Handler, *, name: str, admit: Admit = _admit_anyone,
+              path: str = "", context: Any = None) -> Listener:
+        """Serve an already listening socket (e.g. one inherited from a supervisor)."""
+        sock.setblocking(False)
+        listener = Listener(sock, name, handle, admit, path, context=context)
+        self._post("add", listener)
+        return listener
+
+    def remove(self, listener: Listener, unlink: bool = True) -> None:
+        listener.closed = True
+        self._post("remove", listener)
+        if unlink and listener.path:
+            try:
+                os.unlink(listener.path)
+            except FileNotFoundError:
+                pass
+
+    def _post(self, what: str, listener: Listener) -> None:
+        with self._lock:
+            self._pending.append((what, listener))
+        try:
+            os.write(self._wake_w, b".")
+        except BlockingIOError:
+            pass
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="http-accept", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b".")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for what, listener in pending:
+            if what == "add" and not listener.closed:
+                self._sel.register(listener.sock, selectors.EVENT_READ, listener)
+            elif what == "remove":
+                try:
+                    self._sel.unregister(listener.sock)
+                except (KeyError, ValueError):
+                    pass
+                listener.sock.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=1.0):
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                self._accept(key.data)
+            self._apply_pending()
+        for key in list(self._sel.get_map().values()):
+            if key.data is not None:
+                key.data.sock.close()
+
+    def _accept(self, listener: Listener) -> None:
+        try:
+            conn, _ = listener.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: keep serving the others
+            self.log.warning("%s: accept failed: %s", listener.name, exc)
+            time.sleep(0.05)
+            return
+        with self._lock:
+            busy = self._active >= self.limits.max_connections or listener.active >= self.limits.per_listener
+            if not busy:
+                self._active += 1
+                listener.active += 1
+        if busy:  # answered here without blocking the accept loop
+            try:
+                conn.setblocking(False)
+                conn.send(_BUSY)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(65536):  # what already arrived: unread data would reset the client
+                    pass
+            except OSError:
+                pass
+            conn.close()
+            return
+        conn.setblocking(True)
+        self._pool.submit(self._serve, conn, listener)
+
+    def _release(self, listener: Listener) -> None:
+        with self._lock:
+            self._active -= 1
+            listener.active -= 1
+
+    # -- one connection -------------------------------------------------------------------
+
+    def _serve(self, conn: socket.socket, listener: Listener) -> None:
+        handed_over = False
+        try:
+            handed_over = self._exchange(conn, listener)
+        except Exception:  # a bug here must not kill the worker thread
+            self.log.exception("%s: connection failed", listener.name)
+        finally:
+            if not handed_over:
+                conn.close()
+            self._release(listener)
+
+    def _exchange(self, conn: socket.socket, listener: Listener) -> bool:
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
+        try:
+            peer = identify(conn)
+            listener.admit(peer)
+            request = self._read_request(conn, h, listener, peer)
+            if request is None:
+                return False
+            reply: Response | Tunnel = listener.handle(request)
+        except _Deadline:
+            reply = Response.json(408, {"detail": "request not received in time"})
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint in REASONS else 400
+            reply = Response.json(status, {"detail": "malformed HTTP request"})
+        except Exception as exc:
+            reply = error_response(exc, self.log)
+        if isinstance(reply, Tunnel):
+            return self._open_tunnel(conn, h, listener, reply)
+        self._send(conn, h, reply)
+        return False
+
+    def _read_request(self, conn: socket.socket, h: h11.Connection, listener: Listener,
+                      peer: Peer | None) -> Request | None:
+        deadline = time.monotonic() + self.limits.request_deadline
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Deadline
+                conn.settimeout(remaining)
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    raise _Deadline from None
+                except OSError:
+                    return None
+                h.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                head = event
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.limits.max_head:
+                    raise HttpError(431, f"request head larger than {self.limits.max_head} bytes")
+                length = dict(event.headers).get(b"content-length")
+                if length is not None and int(length) > self.limits.max_body:
+                    raise HttpError(413, f"request body larger than {self.limits.max_body} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.limits.max_body:
+                    raise HttpError(413, f"request body larger than {self.limits.max_body} bytes")
+            elif isinstance(event, (h11.EndOfMessage, h11.PAUSED)):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+        assert head is not None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+        return Request(head.method.decode("ascii", "replace"), head.target.decode("latin-1"), headers,
+                       bytes(body), peer, listener)
+
+    def _send(self, conn: socket.socket, h: h11.Connection, reply: Response) -> None:
+        status = reply.status if reply.status in REASONS else 500
+        headers = [("content-type", reply.content_type), ("content-length", str(len(reply.body))),
+                   ("connection", "close")]
+        try:
+            data = h.send(h11.Response(status_code=status, headers=headers, reason=REASONS[status]))
+            data = (data or b"") + (h.send(h11.Data(data=reply.body)) or b"") + (h.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            # the request left h11 unable to answer in protocol (e.g. it never finished): raw bytes
+            body = reply.body
+            data = (f"HTTP/1.1 {status} {REASONS[status].decode()}\r\ncontent-type: {reply.content_type}\r\n"
+                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+        conn.settimeout(self.limits.response_deadline)
+        try:
+            conn.sendall(data)  # one write: a client never sees half an answer
+            conn.shutdown(socket.SHUT_WR)
+            _drain(conn)
+        except OSError:
+            pass
+
+    # -- tunnels --------------------------------------------------------------------------
+
+    def _open_tunnel(self, conn: socket.socket, h: h11.Connection, listener: Listener, tunnel: Tunnel) -> bool:
+        with self._lock:
+            full = (self._tunnels >= self.limits.max_tunnels
+                    or listener.tunnels >= self.limits.tunnels_per_listener)
+            if not full:
+                self._tunnels += 1
+                listener.tunnels += 1
+        if full:
+            self._send(conn, h, Response.json(503, {"detail": "too many open tunnels; try again shortly"}))
+            return False
+        try:
+            upstream = tunnel.connect(self.limits.tunnel_connect)
+        except Exception as exc:
+            self._end_tunnel(listener)
+            detail = exc.detail if isinstance(exc, HttpError) else f"cannot reach the destination: {exc}"
+            status = exc.status if isinstance(exc, HttpError) else 502
+            self._send(conn, h, Response.json(status, {"detail": detail}))
+            return False
+        head = h.send(h11.Response(status_code=200, headers=[], reason=b"Connection Established")) or b""
+        early = bytes(h.trailing_data[0])
+        try:
+            conn.settimeout(self.limits.response_deadline)
+            conn.sendall(head)
+            if early:
+                upstream.settimeout(self.limits.response_deadline)
+                upstream.sendall(early)
+        except OSError:
+            upstream.close()
+            self._end_tunnel(listener)
+            return False
+        threading.Thread(target=self._pump, args=(conn, upstream, listener, tunnel, len(early)),
+                         name="tunnel", daemon=True).start()
+        return True
+
+    def _end_tunnel(self, listener: Listener) -> None:
+        with self._lock:
+            self._tunnels -= 1
+            listener.tunnels -= 1
+
+    def _pump(self, a: socket.socket, b: socket.socket, listener: Listener, tunnel: Tunnel, up: int) -> None:
+        """Copy bytes both ways until both sides have closed, or neither moved for a while.
+
+        Non-blocking with a bounded buffer per direction, so a peer that stops reading stalls
+        only its own direction (never the other, never the pump)."""
+        down = 0
+        other = {a: b, b: a}
+        pending: dict[socket.socket, bytearray] = {a: bytearray(), b: bytearray()}  # to write to key
+        ended = {a: False, b: False}  # key sent EOF
+        try:
+            a.setblocking(False)
+            b.setblocking(False)
+            while not self._stop.is_set():
+                poller = select.poll()  # poll, not select: descriptors may exceed FD_SETSIZE
+                for s in (a, b):
+                    mask = (select.POLLIN if not ended[s] and len(pending[other[s]]) < PUMP_BUFFER else 0) \
+                        | (select.POLLOUT if pending[s] else 0)
+                    if mask:
+                        poller.register(s, mask)
+                if not any(not ended[s] or pending[s] for s in (a, b)):
+                    break  # both ended and everything delivered
+                events = dict(poller.poll(self.limits.tunnel_idle * 1000))
+                if not events:
+                    break  # idle
+                ready_w = [s for s in (a, b) if events.get(s.fileno(), 0) & (select.POLLOUT | select.POLLERR)]
+                ready_r = [s for s in (a, b) if events.get(s.fileno(), 0) & (select.POLLIN | select.POLLHUP
+                                                                            | select.POLLERR)]
+                for s in ready_w:
+                    try:
+                        sent = s.send(pending[s])
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    del pending[s][:sent]
+                    if not pending[s] and ended[other[s]]:
+                        _shutdown_write(s)
+                for s in ready_r:
+                    try:
+                        data = s.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        ended[s] = True
+                        if not pending[other[s]]:
+                            _shutdown_write(other[s])
+                        continue
+                    pending[other[s]] += data
+                    if s is a:
+                        up += len(data)
+                    else:
+                        down += len(data)
+        except OSError:
+            pass  # a side went away: the tunnel is over
+        finally:
+            a.close()
+            b.close()
+            self._end_tunnel(listener)
+            try:
+                tunnel.done(up, down)
+            except Exception:
+                self.log.exception("tunnel accounting failed")
+
