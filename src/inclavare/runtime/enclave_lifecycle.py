@@ -29,15 +29,14 @@ from inclavare.runtime.enclave_config import (
     EnclaveConfig,
     EnclaveRequest,
 )
+from inclavare.runtime.host_settings import EPM_DIR_ENV
+from inclavare.runtime.invocation import Invocation
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc
+from inclavare.runtime.runc_process import exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
 from inclavare.services.agent import client as agent_client
 from inclavare.services.agent import paths as agent_paths
 
-EPM_DIR_ENV = "INCLAVARE_EPM_DIR"
-RUNELET_DIR_ENV = "INCLAVARE_RUNELET_DIR"
-DEFAULT_RUNELET_DIR = "/var/lib/inclavare/runelet"
 MEASUREMENT_ANNOTATION = "io.inclavare.enclave.measurement"
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type"
 
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from inclavare.runtime.bundle import Spec
-    from inclavare.runtime.enclave_create import Host
+    from inclavare.runtime.host_settings import Host
 
 SGX_DEVICES = ("/dev/sgx_enclave", "/dev/sgx_provision", "/dev/sgx/enclave", "/dev/sgx/provision",
                "/dev/isgx", "/dev/gsgx")
@@ -304,7 +303,7 @@ def _repeated_flags(inv: Invocation, names: tuple[str, ...]) -> list[tuple[str, 
 
 
 def _exec_value_flags() -> frozenset[str]:
-    from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS
+    from inclavare.runtime.invocation import COMMAND_VALUE_FLAGS
 
     return COMMAND_VALUE_FLAGS["exec"]
 

@@ -11,17 +11,12 @@ that path avoid heavy standard modules (``subprocess``, ``json``, ``dataclasses`
 
 from __future__ import annotations
 
-import posix
-
-from inclavare.errors import ConfigError, InclavareError
+from inclavare.errors import InclavareError
 from inclavare.runtime.bundle import write_bundle
+from inclavare.runtime.invocation import Invocation
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc
+from inclavare.runtime.runc_process import exec_runc, runc_knows, spawn, wait_child
 from inclavare.runtime.rune_state import ContainerRecord
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 
 def run_slow_path(inv: Invocation, runc: str) -> int:
@@ -73,7 +68,8 @@ def _package_version() -> str:
 
 
 def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
-    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, Host, plan_create
+    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, plan_create
+    from inclavare.runtime.host_settings import Host
 
     host = Host.from_environment()
     plan = plan_create(inv, runc, log, host, register=lambda doc: _register(host, doc))
@@ -120,52 +116,7 @@ def _flag(inv: Invocation, *names: str) -> bool:
     return any(inv.flags.get(n, "false") not in ("false", "0") for n in names if n in inv.flags)
 
 
-# -- children -------------------------------------------------------------------------------
-
-def spawn(runc: str, argv: Sequence[str], quiet: bool = False) -> int:
-    """Start runc with our stdio (or /dev/null for ``quiet``); returns its pid."""
-    actions = []
-    if quiet:
-        actions = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]
-    try:
-        return posix.posix_spawn(runc, [runc, *argv], posix.environ, file_actions=actions)
-    except OSError as exc:
-        raise ConfigError(f"cannot execute runc at {runc}: {exc.strerror}") from None
-
-
-def wait_child(pid: int, forward_signals: bool = False) -> int:
-    """Wait for a child; with ``forward_signals`` every signal we receive is passed on to it.
-
-    Returns the exit status the way a shell reports it (128+N for death by signal N)."""
-    previous = {}
-    if forward_signals:
-        import _signal  # type: ignore[import-not-found]  # signal.py imports enum: too slow here
-
-        for sig in _signal.valid_signals():
-            if sig in (_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCHLD):
-                continue
-            try:
-                previous[sig] = _signal.signal(sig, lambda s, _f: posix.kill(pid, s))
-            except (OSError, ValueError):
-                pass
-    try:
-        _, status = posix.waitpid(pid, 0)
-    finally:
-        if previous:
-            import _signal
-
-            for sig, handler in previous.items():
-                try:
-                    _signal.signal(sig, handler)
-                except (OSError, ValueError):
-                    pass
-    code = posix.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-def runc_knows(root: str, runc: str, cid: str) -> bool:
-    return wait_child(spawn(runc, ["--root", root, "state", cid], quiet=True)) == 0
-
+# -- containers rune holds a record for -----------------------------------------------------
 
 def delete(inv: Invocation, runc: str, record: ContainerRecord) -> int:
     rc = wait_child(spawn(runc, inv.argv), forward_signals=True)
