@@ -224,16 +224,16 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
 
 
 def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: ContainerRecord) -> int:
-    from inclavare.runtime import rune_cli
+    from inclavare.runtime import container_commands
 
     if inv.command == "delete":
-        rc = rune_cli.delete(inv, runc, record)
+        rc = container_commands.delete(inv, runc, record)
         if not os.path.exists(record.directory):  # the container is gone
             socket_path = str(record.extra.get("agent_socket") or agent_socket())
             deregister(socket_path, os.path.abspath(record.root), record.id)
         return rc
     if inv.command == "state":
-        return rune_cli.state(inv, runc, record)
+        return container_commands.state(inv, runc, record)
     if inv.command == "exec" and record.runtime != "sim":
         exec_runc(runc, runelet_exec_argv(inv, record))
     exec_runc(runc, inv.argv)  # start, kill, exec (sim): runc acts on the enclave's own process

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from inclavare.errors import InclavareError
 from inclavare.runtime.bundle import write_bundle
+from inclavare.runtime.container_commands import delete, state
 from inclavare.runtime.invocation import Invocation
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.runc_process import exec_runc, runc_knows, spawn, wait_child
@@ -114,29 +115,3 @@ def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: Conta
 
 def _flag(inv: Invocation, *names: str) -> bool:
     return any(inv.flags.get(n, "false") not in ("false", "0") for n in names if n in inv.flags)
-
-
-# -- containers rune holds a record for -----------------------------------------------------
-
-def delete(inv: Invocation, runc: str, record: ContainerRecord) -> int:
-    rc = wait_child(spawn(runc, inv.argv), forward_signals=True)
-    if rc == 0 or not runc_knows(inv.root, runc, record.id):
-        record.remove()
-    return rc
-
-
-def state(inv: Invocation, runc: str, record: ContainerRecord) -> int:
-    """runc's state, with the caller's bundle path instead of rune's private one."""
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run([runc, *inv.argv], stdout=subprocess.PIPE)
-    out = proc.stdout
-    if proc.returncode == 0:
-        private = json.dumps(record.private_bundle).encode()
-        original = json.dumps(record.bundle).encode()
-        out = out.replace(b'"bundle": ' + private, b'"bundle": ' + original)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    return proc.returncode
