@@ -60,7 +60,7 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
         return Plan(RUNC)  # runc reports a broken bundle in its own words
     request = read_enclave_request(spec)
     if request.config is not None:
-        from inclavare.runtime.enclave_lifecycle import is_sandbox
+        from inclavare.runtime.enclave_prepare import is_sandbox
 
         if is_sandbox(spec):  # a pod's pause container: the workload containers get the enclaves
             request = EnclaveRequest(None, request.env, request.removed)
@@ -80,7 +80,7 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
     if request.config is None:
         return Plan(STRIPPED, record=record, spec=new_spec)
 
-    from inclavare.runtime.enclave_lifecycle import prepare_enclave
+    from inclavare.runtime.enclave_prepare import prepare_enclave
 
     validate_runtime_path(request.config)
     prepared = prepare_enclave(request, new_spec, record, log, runc, host, register)

@@ -1,6 +1,11 @@
 """rune's slow path: calls that involve an enclave, a rewritten bundle, or rune-only commands.
 
 Reached only when :mod:`inclavare.runtime.rune_entry` decided runc cannot take the call as is.
+Besides ``--version`` and the run of a spec stripped of ``ENCLAVE_TYPE`` (rune waits for it),
+this module only dispatches: ``create``/``run`` are planned by
+:mod:`inclavare.runtime.enclave_create`; commands on enclave containers and ``attest`` go to
+:mod:`inclavare.runtime.enclave_commands`; ``delete`` and ``state`` of other containers rune
+recorded, to :mod:`inclavare.runtime.container_commands`.
 Errors are reported the way runc reports them (``--log`` file in its format, plain stderr,
 exit status 1), so containerd's shim and podman show rune's reason to the user.
 
@@ -38,7 +43,7 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
     if cmd in ("create", "run"):
         return _create_or_run(inv, runc, log)
     if cmd == "attest":
-        from inclavare.runtime.enclave_lifecycle import attest
+        from inclavare.runtime.enclave_commands import attest
 
         return attest(inv, runc, log)
     record = ContainerRecord.load(inv.root, inv.container_id)
@@ -46,7 +51,7 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
         exec_runc(runc, inv.argv)
     assert record is not None
     if record.enclave is not None:
-        from inclavare.runtime.enclave_lifecycle import handle_enclave_command
+        from inclavare.runtime.enclave_commands import handle_enclave_command
 
         return handle_enclave_command(inv, runc, log, record)
     if cmd == "delete":
