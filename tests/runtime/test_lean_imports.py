@@ -24,7 +24,9 @@ def imported_by(code: str) -> set[str]:
 
 @pytest.mark.parametrize("what,code", [
     ("fast path", "import inclavare.runtime.rune_entry"),
-    ("enclave create path", "import inclavare.runtime.rune_cli, inclavare.runtime.enclave_lifecycle, "
+    ("enclave create path", "import inclavare.runtime.rune_cli, inclavare.runtime.enclave_create, "
+                            "inclavare.runtime.enclave_prepare, inclavare.runtime.enclave_commands, "
+                            "inclavare.runtime.container_commands, "
                             "inclavare.tee.measurement, inclavare.tee.epm, inclavare.services.agent.client"),
 ])
 def test_no_heavy_modules(what: str, code: str) -> None:

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _run(args: argparse.Namespace) -> int:
-    from inclavare.runtime.enclave_lifecycle import measure_bundle
+    from inclavare.runtime.enclave_prepare import measure_bundle
 
     result = measure_bundle(args.bundle)
     print(json.dumps(result) if args.json else result["measurement"])

@@ -16,16 +16,10 @@ from __future__ import annotations
 import os
 
 from inclavare.errors import ConfigError, InclavareError
-from inclavare.immutable import Immutable
 from inclavare.runtime.bundle import absolutize, load_spec, write_bundle
 from inclavare.runtime.enclave_config import EnclaveRequest, read_enclave_request, validate_runtime_path
-from inclavare.runtime.rune_entry import (
-    COMMAND_VALUE_FLAGS,
-    DEFAULT_STATE_DIR,
-    STATE_DIR_ENV,
-    Invocation,
-    valid_id,
-)
+from inclavare.runtime.invocation import COMMAND_VALUE_FLAGS, Invocation, valid_id
+from inclavare.runtime.runc_process import runc_knows
 from inclavare.runtime.rune_state import ContainerRecord
 
 TYPE_CHECKING = False
@@ -33,38 +27,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from inclavare.runtime.host_settings import Host
     from inclavare.runtime.oci_log import RuneLog
 
 RUNC, STRIPPED, ENCLAVE = "runc", "stripped", "enclave"
-
-
-class Host(Immutable):
-    """Where this node keeps rune's state, the enclave pool and the runelet runtime folder."""
-
-    __slots__ = ("state_base", "agent_socket", "epm_dir", "runelet_dir")
-    state_base: str
-    agent_socket: str
-    epm_dir: str
-    runelet_dir: str
-
-    def __init__(self, state_base: str, agent_socket: str, epm_dir: str, runelet_dir: str) -> None:
-        self._set(state_base=state_base, agent_socket=agent_socket, epm_dir=epm_dir, runelet_dir=runelet_dir)
-
-    @classmethod
-    def from_environment(cls, agent_socket: str | None = None) -> Host:
-        from inclavare.runtime.enclave_lifecycle import (
-            DEFAULT_RUNELET_DIR,
-            EPM_DIR_ENV,
-            RUNELET_DIR_ENV,
-        )
-        from inclavare.services.agent.paths import default_control_socket
-        from inclavare.tee.epm import DEFAULT_EPM_DIR
-
-        env = os.environ
-        return cls(state_base=env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
-                   agent_socket=agent_socket or default_control_socket(),
-                   epm_dir=env.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR,
-                   runelet_dir=env.get(RUNELET_DIR_ENV) or DEFAULT_RUNELET_DIR)
 
 
 class Plan:
@@ -94,7 +60,7 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
         return Plan(RUNC)  # runc reports a broken bundle in its own words
     request = read_enclave_request(spec)
     if request.config is not None:
-        from inclavare.runtime.enclave_lifecycle import is_sandbox
+        from inclavare.runtime.enclave_prepare import is_sandbox
 
         if is_sandbox(spec):  # a pod's pause container: the workload containers get the enclaves
             request = EnclaveRequest(None, request.env, request.removed)
@@ -114,7 +80,7 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
     if request.config is None:
         return Plan(STRIPPED, record=record, spec=new_spec)
 
-    from inclavare.runtime.enclave_lifecycle import prepare_enclave
+    from inclavare.runtime.enclave_prepare import prepare_enclave
 
     validate_runtime_path(request.config)
     prepared = prepare_enclave(request, new_spec, record, log, runc, host, register)
@@ -129,8 +95,6 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
 
 
 def _refuse_duplicate(runc: str, root: str, cid: str, state_base: str) -> None:
-    from inclavare.runtime.rune_cli import runc_knows
-
     old = ContainerRecord.load(root, cid, state_base)
     if old is None:
         return

@@ -12,6 +12,7 @@ import sys
 import time
 
 from inclavare import fastjson
+from inclavare.runtime.invocation import Invocation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,7 +84,5 @@ class RuneLog:
 
 def fatal(argv: list[str], msg: str, code: int = 1) -> NoReturn:
     """Report ``msg`` as runc reports a fatal error and exit (used before full parsing)."""
-    from inclavare.runtime.rune_entry import Invocation
-
     RuneLog.from_globals(Invocation(argv).globals).error(msg)
     sys.exit(code)

@@ -49,9 +49,10 @@ def _path(body: dict[str, Any], key: str, default: str = "") -> str:
 
 def make_prepare_handler(agent: Agent) -> Callable[[Any], tuple[int, Any]]:
     """A control-socket handler planning creates with this agent's pool and registry."""
-    from inclavare.runtime.enclave_create import ENCLAVE, Host, plan_create
+    from inclavare.runtime.enclave_create import ENCLAVE, plan_create
+    from inclavare.runtime.host_settings import Host
+    from inclavare.runtime.invocation import Invocation
     from inclavare.runtime.oci_log import RuneLog
-    from inclavare.runtime.rune_entry import Invocation
     from inclavare.services.agent.registry import registration_from
 
     base_host = Host.from_environment(agent_socket=agent.control_socket)

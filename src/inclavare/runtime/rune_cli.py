@@ -1,6 +1,11 @@
 """rune's slow path: calls that involve an enclave, a rewritten bundle, or rune-only commands.
 
 Reached only when :mod:`inclavare.runtime.rune_entry` decided runc cannot take the call as is.
+Besides ``--version`` and the run of a spec stripped of ``ENCLAVE_TYPE`` (rune waits for it),
+this module only dispatches: ``create``/``run`` are planned by
+:mod:`inclavare.runtime.enclave_create`; commands on enclave containers and ``attest`` go to
+:mod:`inclavare.runtime.enclave_commands`; ``delete`` and ``state`` of other containers rune
+recorded, to :mod:`inclavare.runtime.container_commands`.
 Errors are reported the way runc reports them (``--log`` file in its format, plain stderr,
 exit status 1), so containerd's shim and podman show rune's reason to the user.
 
@@ -11,17 +16,13 @@ that path avoid heavy standard modules (``subprocess``, ``json``, ``dataclasses`
 
 from __future__ import annotations
 
-import posix
-
-from inclavare.errors import ConfigError, InclavareError
+from inclavare.errors import InclavareError
 from inclavare.runtime.bundle import write_bundle
+from inclavare.runtime.container_commands import delete, state
+from inclavare.runtime.invocation import Invocation
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc
+from inclavare.runtime.runc_process import exec_runc, runc_knows, spawn, wait_child
 from inclavare.runtime.rune_state import ContainerRecord
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 
 def run_slow_path(inv: Invocation, runc: str) -> int:
@@ -42,7 +43,7 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
     if cmd in ("create", "run"):
         return _create_or_run(inv, runc, log)
     if cmd == "attest":
-        from inclavare.runtime.enclave_lifecycle import attest
+        from inclavare.runtime.enclave_commands import attest
 
         return attest(inv, runc, log)
     record = ContainerRecord.load(inv.root, inv.container_id)
@@ -50,7 +51,7 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
         exec_runc(runc, inv.argv)
     assert record is not None
     if record.enclave is not None:
-        from inclavare.runtime.enclave_lifecycle import handle_enclave_command
+        from inclavare.runtime.enclave_commands import handle_enclave_command
 
         return handle_enclave_command(inv, runc, log, record)
     if cmd == "delete":
@@ -73,7 +74,8 @@ def _package_version() -> str:
 
 
 def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
-    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, Host, plan_create
+    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, plan_create
+    from inclavare.runtime.host_settings import Host
 
     host = Host.from_environment()
     plan = plan_create(inv, runc, log, host, register=lambda doc: _register(host, doc))
@@ -118,74 +120,3 @@ def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: Conta
 
 def _flag(inv: Invocation, *names: str) -> bool:
     return any(inv.flags.get(n, "false") not in ("false", "0") for n in names if n in inv.flags)
-
-
-# -- children -------------------------------------------------------------------------------
-
-def spawn(runc: str, argv: Sequence[str], quiet: bool = False) -> int:
-    """Start runc with our stdio (or /dev/null for ``quiet``); returns its pid."""
-    actions = []
-    if quiet:
-        actions = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]
-    try:
-        return posix.posix_spawn(runc, [runc, *argv], posix.environ, file_actions=actions)
-    except OSError as exc:
-        raise ConfigError(f"cannot execute runc at {runc}: {exc.strerror}") from None
-
-
-def wait_child(pid: int, forward_signals: bool = False) -> int:
-    """Wait for a child; with ``forward_signals`` every signal we receive is passed on to it.
-
-    Returns the exit status the way a shell reports it (128+N for death by signal N)."""
-    previous = {}
-    if forward_signals:
-        import _signal  # type: ignore[import-not-found]  # signal.py imports enum: too slow here
-
-        for sig in _signal.valid_signals():
-            if sig in (_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCHLD):
-                continue
-            try:
-                previous[sig] = _signal.signal(sig, lambda s, _f: posix.kill(pid, s))
-            except (OSError, ValueError):
-                pass
-    try:
-        _, status = posix.waitpid(pid, 0)
-    finally:
-        if previous:
-            import _signal
-
-            for sig, handler in previous.items():
-                try:
-                    _signal.signal(sig, handler)
-                except (OSError, ValueError):
-                    pass
-    code = posix.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-def runc_knows(root: str, runc: str, cid: str) -> bool:
-    return wait_child(spawn(runc, ["--root", root, "state", cid], quiet=True)) == 0
-
-
-def delete(inv: Invocation, runc: str, record: ContainerRecord) -> int:
-    rc = wait_child(spawn(runc, inv.argv), forward_signals=True)
-    if rc == 0 or not runc_knows(inv.root, runc, record.id):
-        record.remove()
-    return rc
-
-
-def state(inv: Invocation, runc: str, record: ContainerRecord) -> int:
-    """runc's state, with the caller's bundle path instead of rune's private one."""
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run([runc, *inv.argv], stdout=subprocess.PIPE)
-    out = proc.stdout
-    if proc.returncode == 0:
-        private = json.dumps(record.private_bundle).encode()
-        original = json.dumps(record.bundle).encode()
-        out = out.replace(b'"bundle": ' + private, b'"bundle": ' + original)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    return proc.returncode

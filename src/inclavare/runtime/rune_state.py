@@ -12,7 +12,7 @@ import time
 
 from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
-from inclavare.runtime.rune_entry import RUNELET_MARKER, state_path
+from inclavare.runtime.host_settings import RUNELET_MARKER, state_path
 
 FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measurement", "created", "extra",
           "state_base")

@@ -1,17 +1,14 @@
-"""Enclave containers: prepare the enclave at create time, then keep container semantics.
+"""Enclave containers at create time: prepare the enclave the container's spec asks for.
 
-``rune create`` with an enclave configuration: resolve the enclave runtime, measure the enclave
-(through the enclave pool), inject what the TEE needs (the agent's workload directory with its
-socket and the ``attest`` client, read-only; SGX device nodes and the aesmd socket for
-``intelSgx``), register the container with the node agent, and hand runc the rewritten bundle
-(written by :mod:`inclavare.runtime.rune_cli`). Afterwards:
+``rune create`` with an enclave configuration (planned by :mod:`inclavare.runtime.enclave_create`):
+resolve the enclave runtime, measure the enclave (through the enclave pool), inject what the TEE
+needs (the agent's workload directory with its socket and the ``attest`` client, read-only; SGX
+device nodes and the aesmd socket for ``intelSgx``), register the container with the node agent,
+and hand runc the rewritten bundle (written by :mod:`inclavare.runtime.enclave_create`).
+``inclavare measure`` computes the same measurement for a bundle (:func:`measure_bundle`).
 
-* ``start`` and ``kill`` go straight to runc: the container's init *is* the enclave runtime's
-  process (the payload itself for direct-launch runtimes such as ``sim``, the runelet for PAL
-  libraries, which forwards signals to ``pal_kill``), so runc's signal is the runtime's kill;
-* ``exec`` runs inside the enclave (same pid namespace, hence the same identity at the agent);
-* ``delete`` deregisters the container from the agent;
-* ``attest`` prints the container's evidence JSON.
+What rune does for commands on the container afterwards is in
+:mod:`inclavare.runtime.enclave_commands`.
 """
 
 from __future__ import annotations
@@ -29,15 +26,12 @@ from inclavare.runtime.enclave_config import (
     EnclaveConfig,
     EnclaveRequest,
 )
+from inclavare.runtime.host_settings import EPM_DIR_ENV
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.rune_entry import Invocation, exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
 from inclavare.services.agent import client as agent_client
 from inclavare.services.agent import paths as agent_paths
 
-EPM_DIR_ENV = "INCLAVARE_EPM_DIR"
-RUNELET_DIR_ENV = "INCLAVARE_RUNELET_DIR"
-DEFAULT_RUNELET_DIR = "/var/lib/inclavare/runelet"
 MEASUREMENT_ANNOTATION = "io.inclavare.enclave.measurement"
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type"
 
@@ -47,7 +41,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from inclavare.runtime.bundle import Spec
-    from inclavare.runtime.enclave_create import Host
+    from inclavare.runtime.host_settings import Host
 
 SGX_DEVICES = ("/dev/sgx_enclave", "/dev/sgx_provision", "/dev/sgx/enclave", "/dev/sgx/provision",
                "/dev/isgx", "/dev/gsgx")
@@ -222,109 +216,6 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     record.extra["agent_socket"] = socket_path
     return PreparedEnclave(socket_path, os.path.abspath(record.root), record.id,
                            runelet=not runtime.direct_launch)
-
-
-def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: ContainerRecord) -> int:
-    from inclavare.runtime import rune_cli
-
-    if inv.command == "delete":
-        rc = rune_cli.delete(inv, runc, record)
-        if not os.path.exists(record.directory):  # the container is gone
-            socket_path = str(record.extra.get("agent_socket") or agent_socket())
-            deregister(socket_path, os.path.abspath(record.root), record.id)
-        return rc
-    if inv.command == "state":
-        return rune_cli.state(inv, runc, record)
-    if inv.command == "exec" and record.runtime != "sim":
-        exec_runc(runc, runelet_exec_argv(inv, record))
-    exec_runc(runc, inv.argv)  # start, kill, exec (sim): runc acts on the enclave's own process
-    return 1
-
-
-def runelet_exec_argv(inv: Invocation, record: ContainerRecord) -> list[str]:
-    """``exec`` rewritten so the command runs inside the enclave, through the runelet.
-
-    runc starts the runelet's exec client in the container; it hands the command and its stdio
-    to the container's runelet, which runs it with the enclave runtime (PAL create_process +
-    exec) and relays signals; the client exits with the command's status.
-    """
-    from inclavare import fastjson
-    from inclavare.atomic_file import write_atomic
-    from inclavare.runtime.pal.runelet_launch import runelet_exec_args
-
-    argv = list(inv.argv)
-    process_file = inv.flags.get("process") or inv.flags.get("p")
-    if process_file:
-        try:
-            with open(process_file, "rb") as f:
-                process = fastjson.loads(f.read())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the exec process file {process_file}: {exc}") from None
-        if not isinstance(process, dict) or not isinstance(process.get("args"), list):
-            raise ConfigError(f"exec process file {process_file} has no args")
-        process["args"] = runelet_exec_args(process["args"], env=process.get("env") or [],
-                                            cwd=process.get("cwd") or None)
-        process["env"] = []
-        rewritten = os.path.join(record.directory, f"exec-{os.getpid()}.json")
-        write_atomic(rewritten, fastjson.dumps(process).encode(), durable=False)
-        for i, arg in enumerate(argv):
-            if arg in ("--process", "-p", "-process") and i + 1 < len(argv):
-                argv[i + 1] = rewritten
-            elif arg.lstrip("-").startswith(("process=", "p=")):
-                argv[i] = "--process=" + rewritten
-        return argv
-    if len(inv.positionals) < 2:
-        exec_runc("", argv)  # let runc report the missing command (never reached with a runc)
-    env = [v for k, v in _repeated_flags(inv, ("env", "e"))]
-    cwd = inv.flags.get("cwd") or None
-    command = inv.positionals[1:]
-    cut = len(argv) - len(command)
-    return argv[:cut] + runelet_exec_args(command, env=env or None, cwd=cwd)
-
-
-def _repeated_flags(inv: Invocation, names: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Every occurrence of a repeatable command flag (``--env A=1 -e B=2``)."""
-    out = []
-    argv = inv.argv
-    i = inv.command_index + 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--" or not arg.startswith("-"):
-            break
-        name, eq, value = arg.lstrip("-").partition("=")
-        if name in names:
-            if not eq and i + 1 < len(argv):
-                value = argv[i + 1]
-                i += 1
-            out.append((name, value))
-        elif not eq and name in _exec_value_flags():
-            i += 1
-        i += 1
-    return out
-
-
-def _exec_value_flags() -> frozenset[str]:
-    from inclavare.runtime.rune_entry import COMMAND_VALUE_FLAGS
-
-    return COMMAND_VALUE_FLAGS["exec"]
-
-
-def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
-    cid = inv.container_id
-    if not cid:
-        raise InclavareError('"attest" requires a container id')
-    record = ContainerRecord.load(inv.root, cid)
-    if record is None or record.enclave is None:
-        raise InclavareError(f"container {cid} is not an enclave container")
-    data = inv.flags.get("runtime-data", "")
-    socket_path = str(record.extra.get("agent_socket") or agent_socket())
-    evidence = agent_client.call(socket_path, "POST",
-                                 agent_client.container_path(os.path.abspath(record.root), cid, "/evidence"),
-                                 {"runtime_data": data})
-    from inclavare import fastjson
-
-    print(fastjson.dumps(evidence))
-    return 0
 
 
 def measure_bundle(bundle: str) -> dict[str, Any]:
