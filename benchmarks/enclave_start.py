@@ -50,7 +50,7 @@ def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-enclave-run-", dir="/dev/shm"))
     agent = AgentProcess(work / "agent")
     agent.socket = str(run_dir / "agent.sock")
-    agent.workload_dir = str(run_dir / "workload")
+    agent.channels_dir = str(run_dir / "enclaves")
     (work / "agent").mkdir()
     try:
         print("building a busybox rootfs with %d MB of files" % args.mb, file=sys.stderr)

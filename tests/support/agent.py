@@ -17,7 +17,7 @@ class AgentProcess:
         self.work = work
         self.state_dir = work / "state"
         self.socket = str(work / "run" / "agent.sock")
-        self.workload_dir = str(work / "run" / "workload")
+        self.channels_dir = str(work / "run" / "enclaves")  # one channel directory per enclave container
         self.kbs_url = kbs_url
         self.log = work / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -8,21 +8,21 @@ rune's slow path sends here the commands naming a container whose enclave
   libraries, which forwards signals to ``pal_kill``), so runc's signal is the runtime's kill;
 * ``exec`` runs inside the enclave (same pid namespace, hence the same identity at the agent);
 * ``delete`` deregisters the container from the agent;
-* ``attest`` prints the container's evidence JSON.
+* ``attest`` prints the container's evidence JSON, produced inside the enclave.
 """
 
 from __future__ import annotations
 
 import os
 
-from inclavare.errors import ConfigError, InclavareError
+from inclavare.errors import ConfigError, InclavareError, NotSupportedError
 from inclavare.runtime import container_commands
 from inclavare.runtime.enclave_prepare import agent_socket, deregister
 from inclavare.runtime.invocation import COMMAND_VALUE_FLAGS, Invocation
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.runc_process import exec_runc
 from inclavare.runtime.rune_state import ContainerRecord
-from inclavare.services.agent import client as agent_client
+from inclavare.services.enclave_layout import ATTEST
 
 
 def handle_enclave_command(inv: Invocation, runc: str, log: RuneLog, record: ContainerRecord) -> int:
@@ -103,18 +103,26 @@ def _repeated_flags(inv: Invocation, names: tuple[str, ...]) -> list[tuple[str, 
 
 
 def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
+    """``rune attest [--runtime-data S] ID``: the container's evidence, produced by the enclave.
+
+    The host cannot mint evidence for an enclave (on hardware only the enclave can have its
+    report signed), so rune asks the enclave: it runs the attest client inside the container
+    (``runc exec``), which asks the enclave agent, which asks the quoting service over report
+    data it chose. Output and exit status are the client's."""
     cid = inv.container_id
     if not cid:
         raise InclavareError('"attest" requires a container id')
     record = ContainerRecord.load(inv.root, cid)
     if record is None or record.enclave is None:
-        raise InclavareError(f"container {cid} is not an enclave container")
-    data = inv.flags.get("runtime-data", "")
-    socket_path = str(record.extra.get("agent_socket") or agent_socket())
-    evidence = agent_client.call(socket_path, "POST",
-                                 agent_client.container_path(os.path.abspath(record.root), cid, "/evidence"),
-                                 {"runtime_data": data})
-    from inclavare import fastjson
+        from inclavare.runtime.runc_process import runc_knows
 
-    print(fastjson.dumps(evidence))
-    return 0
+        if not runc_knows(inv.root, runc, cid):
+            raise InclavareError(f"container {cid} does not exist")
+        raise InclavareError(f"container {cid} is not an enclave container")
+    if record.enclave.get("type") != "sim":
+        raise NotSupportedError(
+            f"container {cid} is a {record.enclave.get('type')} enclave: it attests inside its LibOS "
+            "(Occlum init_ra, Gramine /dev/attestation); rune attest serves simulated enclaves")
+    data = inv.flags.get("runtime-data", "")
+    exec_runc(runc, [*inv.argv[:inv.command_index], "exec", cid, ATTEST, "evidence", "--runtime-data", data])
+    return 1  # not reached

@@ -49,7 +49,7 @@ def _resolve(path: str, cwd: str) -> str:
 
 
 def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
-                register: Callable[[dict[str, Any]], None], cwd: str | None = None) -> Plan:
+                register: Callable[[dict[str, Any]], dict[str, Any]], cwd: str | None = None) -> Plan:
     """Decide (and for enclaves, prepare) a ``create``/``run`` call. Raises InclavareError."""
     cwd = cwd or os.getcwd()
     bundle = _resolve(inv.bundle, cwd)

@@ -2,9 +2,10 @@
 
 ``rune create`` with an enclave configuration (planned by :mod:`inclavare.runtime.enclave_create`):
 resolve the enclave runtime, measure the enclave (through the enclave pool), inject what the TEE
-needs (the agent's workload directory with its socket and the ``attest`` client, read-only; SGX
-device nodes and the aesmd socket for ``intelSgx``), register the container with the node agent,
-and hand runc the rewritten bundle (written by :mod:`inclavare.runtime.enclave_create`).
+needs (for ``sim`` the enclave side of :mod:`inclavare.runtime.enclave_side`; SGX device nodes
+and the aesmd socket for ``intelSgx``), register the container with the node agent (which opens
+the container's channel), and hand runc the rewritten bundle (written by
+:mod:`inclavare.runtime.enclave_create`).
 ``inclavare measure`` computes the same measurement for a bundle (:func:`measure_bundle`).
 
 What rune does for commands on the container afterwards is in
@@ -116,11 +117,14 @@ def _add_sgx_devices(spec: Spec) -> None:
         mounts.append(_bind(AESMD_DIR, AESMD_DIR, writable=True))
 
 
-def inject_tee(spec: Spec, config: EnclaveConfig, workload_dir: str) -> None:
-    """What every enclave container gets: the agent's workload directory (socket + attest
-    client) read-only at /run/inclavare; for SGX the device nodes and the aesmd socket."""
-    spec.setdefault("mounts", []).append(_bind(workload_dir, agent_paths.IN_CONTAINER_DIR))
-    if config.type == TYPE_INTEL_SGX:
+def inject_tee(spec: Spec, config: EnclaveConfig) -> None:
+    """What the TEE needs before measuring: for ``sim`` the container-private directory of the
+    enclave side (its destination is never measured); for SGX the device nodes and aesmd."""
+    if config.type == TYPE_SIM:
+        from inclavare.runtime.enclave_side import add_private_dir
+
+        add_private_dir(spec)
+    elif config.type == TYPE_INTEL_SGX:
         _add_sgx_devices(spec)
 
 
@@ -171,19 +175,17 @@ def agent_socket() -> str:
 
 
 def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord, log: RuneLog, runc: str,
-                    host: Host, register: Callable[[dict[str, Any]], None]) -> PreparedEnclave:
+                    host: Host, register: Callable[[dict[str, Any]], dict[str, Any]]) -> PreparedEnclave:
     """Resolve the runtime, inject the TEE's mounts/devices, measure, register: ``spec`` is
-    rewritten in place; ``register`` hands the registration to the agent."""
+    rewritten in place; ``register`` hands the registration to the agent and returns its answer
+    (with the container's channel directory)."""
     config = request.config
     assert config is not None
     runtime = resolve_runtime(config)
     _require_private_pid_namespace(spec)
     socket_path = host.agent_socket
-    workload_dir = agent_paths.workload_dir_for(socket_path)
-    if not os.path.isdir(workload_dir):
-        raise ConfigError(f"node agent not running (no {workload_dir}); start `inclavare agent serve`")
-
-    inject_tee(spec, config, workload_dir)
+    enclave_side = config.type == TYPE_SIM
+    inject_tee(spec, config)
 
     from inclavare.tee.epm import pool_for
     from inclavare.tee.measurement import measure, mount_destinations, parse_trusted_arg
@@ -196,26 +198,42 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
     log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
               f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")
-    if not runtime.direct_launch:
-        from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt, plan_runelet_launch
+    rt_dir = ""
+    if enclave_side or not runtime.direct_launch:
+        from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt
 
         rt_dir = ensure_runelet_rt(host.runelet_dir,
                                    pal_libraries=[runtime.ref] if "/" in runtime.ref else [])
+    if not runtime.direct_launch:
+        from inclavare.runtime.pal.runelet_rt import plan_runelet_launch
+
         os.makedirs(record.directory, mode=0o700, exist_ok=True)
         plan_runelet_launch(spec, runtime_ref=runtime.ref, runtime_args=config.runtime_args,
                             log_level=config.log_level, rt_dir=rt_dir, private_dir=record.directory)
 
-    register({
+    answer = register({
         "id": record.id, "root": os.path.abspath(record.root), "runc": runc or "/usr/sbin/runc",
         "bundle": record.bundle, "measurement": result.hex, "enclave": config.as_dict(),
         "runtime": runtime.ref, "cleanup": record.directory,
     })
+    prepared = PreparedEnclave(socket_path, os.path.abspath(record.root), record.id,
+                               runelet=not runtime.direct_launch)
+    if enclave_side:
+        channel = answer.get("channel") if isinstance(answer, dict) else None
+        try:
+            if not isinstance(channel, str) or not os.path.isabs(channel):
+                raise ConfigError("the node agent gave no channel for the container (is it an older version?)")
+            from inclavare.runtime.enclave_side import add_runtime
+
+            add_runtime(spec, rt_dir, channel)
+        except BaseException:
+            prepared.release(record)
+            raise
     record.enclave = config.as_dict()
     record.runtime = runtime.ref
     record.measurement = result.hex
     record.extra["agent_socket"] = socket_path
-    return PreparedEnclave(socket_path, os.path.abspath(record.root), record.id,
-                           runelet=not runtime.direct_launch)
+    return prepared
 
 
 def measure_bundle(bundle: str) -> dict[str, Any]:
@@ -233,7 +251,7 @@ def measure_bundle(bundle: str) -> dict[str, Any]:
     runtime = resolve_runtime(config)
     process = dict(spec.get("process") or {})
     process["env"] = list(request.env)
-    inject_tee(spec, config, agent_paths.workload_dir_for(agent_socket()))
+    inject_tee(spec, config)
     destinations = mount_destinations(spec)
     pool_dir = os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR
     result = measure(rootfs_path(spec, bundle), process, runtime.measured_config(config),

@@ -53,12 +53,14 @@ def make_prepare_handler(agent: Agent) -> Callable[[Any], tuple[int, Any]]:
     from inclavare.runtime.host_settings import Host
     from inclavare.runtime.invocation import Invocation
     from inclavare.runtime.oci_log import RuneLog
-    from inclavare.services.agent.registry import registration_from
 
     base_host = Host.from_environment(agent_socket=agent.control_socket)
+    from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt
 
-    def register(doc: dict[str, Any]) -> None:
-        agent.registry.register(registration_from(doc))
+    ensure_runelet_rt(base_host.runelet_dir)  # the enclave side's runtime folder: now, not at the first create
+
+    def register(doc: dict[str, Any]) -> dict[str, Any]:
+        return agent.register(doc)
 
     def handle(body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict):

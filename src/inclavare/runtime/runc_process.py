@@ -42,7 +42,7 @@ def wait_child(pid: int, forward_signals: bool = False) -> int:
     Returns the exit status the way a shell reports it (128+N for death by signal N)."""
     previous = {}
     if forward_signals:
-        import _signal  # type: ignore[import-not-found]  # signal.py imports enum: too slow here
+        import _signal  # signal.py imports enum: too slow here
 
         for sig in _signal.valid_signals():
             if sig in (_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGCHLD):

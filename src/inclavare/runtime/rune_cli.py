@@ -90,10 +90,10 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
     return _run_with_stripped_env(inv, runc, plan.spec, plan.record)
 
 
-def _register(host: object, doc: dict) -> None:  # type: ignore[type-arg]
+def _register(host: object, doc: dict) -> dict:  # type: ignore[type-arg]
     from inclavare.services.agent import client as agent_client
 
-    agent_client.call(host.agent_socket, "POST", "/v1/containers", doc)  # type: ignore[attr-defined]
+    return agent_client.call(host.agent_socket, "POST", "/v1/containers", doc)  # type: ignore[attr-defined,no-any-return]
 
 
 def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: ContainerRecord) -> int:  # type: ignore[type-arg]

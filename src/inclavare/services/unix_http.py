@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes, urlsplit
 import h11
 
 from inclavare import fastjson
-from inclavare.errors import ConfigError, FormatError, InclavareError, KbsError, NotSupportedError
+from inclavare.errors import AgentError, ConfigError, FormatError, InclavareError, KbsError, NotSupportedError
 from inclavare.services.peer import Peer, identify
 
 REASONS = {200: b"OK", 201: b"Created", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
@@ -157,7 +157,7 @@ def error_response(exc: BaseException, log: logging.Logger) -> Response:
         return Response.json(502, {"detail": f"key broker: {exc}", "type": exc.kind})
     if isinstance(exc, NotSupportedError):
         return Response.json(501, {"detail": str(exc)})
-    if isinstance(exc, (ConfigError, FormatError)):
+    if isinstance(exc, (ConfigError, FormatError, AgentError)):
         return Response.json(400, {"detail": str(exc)})
     if isinstance(exc, InclavareError):
         return Response.json(500, {"detail": str(exc)})
@@ -173,6 +173,19 @@ def _shutdown_write(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+def _bind_unix(sock: socket.socket, path: str) -> None:
+    """bind() a unix socket; a path longer than sun_path allows is reached through its directory
+    (``/proc/self/fd/N/name``), so deep state directories work too."""
+    if len(os.fsencode(path)) < 100:
+        sock.bind(path)
+        return
+    dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.bind(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
+    finally:
+        os.close(dirfd)
 
 
 class _Deadline(Exception):
@@ -222,7 +235,7 @@ class UnixHttpServer:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            sock.bind(path)
+            _bind_unix(sock, path)
             os.chmod(path, mode)
             sock.listen(128)
         except OSError:

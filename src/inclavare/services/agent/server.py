@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from inclavare import __version__
+from inclavare.errors import AgentError
 from inclavare.services.agent import paths
 from inclavare.services.agent.channel import Channels, Quoter, RelayTarget
 from inclavare.services.agent.registry import Registration, Registry, registration_from
@@ -138,7 +139,11 @@ class Agent:
     def register(self, doc: Any) -> dict[str, Any]:
         """Register an enclave container and open its channel; returns what rune needs."""
         reg = self.registry.register(registration_from(doc))
-        channel = self._open_channel(reg)
+        try:
+            channel = self._open_channel(reg)
+        except OSError as exc:
+            self.registry.deregister(reg.root, reg.id)
+            raise AgentError(f"cannot open the channel of enclave container {reg.id}: {exc.strerror or exc}") from None
         log.info("registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee, reg.measurement)
         return {**reg.public(), "channel": channel}
 
