@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -92,7 +91,6 @@ static void supervise(int lfd, char **agent_argv)
 	/* Out of the workload's session and process group: a Ctrl-C meant for the workload must not
 	 * reach the agent. Its stderr stays the container's, for one-line start-up failures. */
 	setsid();
-	prctl(PR_SET_NAME, "enclave-agent", 0, 0, 0);
 	if (devnull >= 0) {
 		dup2(devnull, 0);
 		dup2(devnull, 1);
