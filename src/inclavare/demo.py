@@ -3,9 +3,11 @@
 1. Start a node agent and a key broker on loopback (simulated TEE, SQLite store). The key broker
    is told — explicitly, and it says so on screen — to trust the simulated TEE's root.
 2. Store a secret whose resource policy requires the measurement of the demo container.
-3. Run the demo container (busybox only) with rune in a simulated enclave: it asks the agent for
-   the secret; the agent runs the KBS protocol with the container's own evidence; the secret is
-   printed.
+3. Run the demo container (busybox only) with rune in a simulated enclave: it asks its enclave
+   agent for the secret; the enclave agent — inside the container — generates the TEE key, runs
+   the KBS protocol with the container's own evidence (a quote the node agent signs over report
+   data the enclave chose) and decrypts the JWE; the node agent only relays opaque bytes. The
+   secret is printed, and the node agent's log and state are searched for it (not there).
 4. Run a modified container (one file changed, so a different measurement): refused.
 5. Print a summary; clean up; exit non-zero if any step misbehaved.
 """
@@ -185,7 +187,7 @@ insecure_sim_collateral = "sim/collateral.json"
 
     demo.daemon("agent", [demo.inclavare, "agent", "serve", "--state-dir", str(work / "agent-state"),
                           "--socket", demo.agent_socket, "--kbs-url", url], agent_ready)
-    demo.step("node agent started", f"{demo.agent_socket} (simulated quoting enclave)")
+    demo.step("node agent started", f"{demo.agent_socket} (simulated quoting enclave, relay to the key broker)")
 
     # -- the workload ----------------------------------------------------------------------------
     rootfs = build_busybox_rootfs(str(work / "rootfs"))
@@ -224,6 +226,18 @@ allow if {{
                           f"stdout {r.stdout.strip()!r} stderr {r.stderr.strip()!r}")
     demo.step("ran the container with rune in a simulated enclave: secret released",
               f"container printed: {r.stdout.strip()}")
+    relay = next((c.get("relay") for c in client.call(demo.agent_socket, "GET", "/v1/containers")
+                  if c.get("id") == "demo-app"), None)
+    if not relay or not relay.get("tunnels"):
+        raise DemoFailure(f"the node agent relayed nothing for the container: {relay}")
+    host_files = [p for p in (work / "agent-state").rglob("*") if p.is_file()] + [work / "agent.log"]
+    holders = [str(p) for p in host_files if SECRET.encode() in p.read_bytes()]
+    if holders:
+        raise DemoFailure(f"the secret is in host files: {holders}")
+    demo.step("decrypted inside the enclave: the node agent only relayed opaque bytes",
+              f"the container's enclave agent made the TEE key, ran the KBS protocol and opened the JWE; "
+              f"the host relayed {relay['bytes_up'] + relay['bytes_down']} bytes in {relay['tunnels']} "
+              f"tunnel(s), and its log and state hold no trace of the secret")
 
     # -- a modified container is refused ---------------------------------------------------------------
     tampered_rootfs = str(work / "rootfs-tampered")

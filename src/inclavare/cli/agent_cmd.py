@@ -1,4 +1,5 @@
-"""``inclavare agent serve``: the node agent (enclave registry, evidence, secrets for workloads)."""
+"""``inclavare agent serve``: the node agent (enclave registry, per-container channels: quoting,
+collateral, a relay to the key broker)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     agent_sub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
     agent_sub.required = True
     s = agent_sub.add_parser("serve", help="run the node agent in the foreground",
-                             description="Serve rune's control socket and the workload socket that "
-                                         "enclave containers see at /run/inclavare/agent.sock.")
+                             description="Serve rune's control socket and, for each enclave container, "
+                                         "a channel (seen inside it at /run/inclavare/host) with the "
+                                         "simulated quoting enclave, collateral and an opaque relay to "
+                                         "the key broker. Secrets and enclave keys never reach it: the "
+                                         "enclave agent inside each container handles them.")
     s.add_argument("--state-dir", default="/var/lib/inclavare",
-                   help="persistent state: simulated TEE keys, built clients (default: %(default)s)")
+                   help="persistent state: the simulated TEE authority (default: %(default)s)")
     s.add_argument("--socket", default=None,
-                   help="control socket; the workload directory sits next to it "
+                   help="control socket; the containers' channel directories sit next to it "
                         "(default: $INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")
-    s.add_argument("--kbs-url", default=None, help="key broker for /aa/token and /cdh/resource (e.g. http://127.0.0.1:8080)")
+    s.add_argument("--kbs-url", default=None,
+                   help="the key broker enclave agents reach through the relay (e.g. http://127.0.0.1:8080)")
     s.set_defaults(handler=_serve)
 
 

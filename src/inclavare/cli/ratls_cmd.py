@@ -20,10 +20,10 @@ def _local_certificate_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cert", metavar="PEM", help="use this RA-TLS certificate (with --key)")
     group.add_argument("--key", metavar="PEM", help="private key of --cert")
     group.add_argument("--attester", choices=("auto", "agent", "tsm", "sim"), default="auto",
-                       help="issue a fresh certificate from this TEE (default auto: the node "
+                       help="issue a fresh certificate from this TEE (default auto: the enclave "
                             "agent socket if present, else configfs-tsm)")
     group.add_argument("--agent-socket", metavar="PATH",
-                       help="node agent workload socket (default $INCLAVARE_AGENT_SOCKET or "
+                       help="enclave agent socket (default $INCLAVARE_AGENT_SOCKET or "
                             "/run/inclavare/agent.sock)")
     group.add_argument("--sim-authority", metavar="DIR",
                        help="state directory of the simulated SGX authority (--attester sim)")

@@ -1,9 +1,9 @@
 """Attesters: "the current TEE" that turns 64 bytes of report data into evidence.
 
-* :class:`AgentAttester` — inside an enclave container: the node agent's workload socket
+* :class:`AgentAttester` — inside an enclave container: the enclave agent's socket
   (``/run/inclavare/agent.sock``, or ``$INCLAVARE_AGENT_SOCKET``), CoCo's ``GET /aa/evidence``.
-  The agent decides which enclave is asking from kernel facts, so the evidence names the
-  container's own measurement.
+  The quote names the container's own measurement (the node agent's channel answers that
+  container only); the key whose hash is the report data never leaves this process.
 * :class:`SimAuthorityAttester` — on a host with the simulated SGX authority (tests, tools):
   quotes for a given simulated MRENCLAVE, plus the authority's collateral as endorsements.
   The simulation protects nothing; its root must be configured explicitly to be trusted.
@@ -65,7 +65,7 @@ def _check_report_data(report_data: bytes) -> bytes:
 
 
 class AgentAttester:
-    """Evidence from the node agent's workload API (inside an enclave container)."""
+    """Evidence from the enclave agent's API (inside an enclave container)."""
 
     name = "agent"
 
@@ -81,14 +81,14 @@ class AgentAttester:
         try:
             answer = call(self.socket_path, "GET", path, timeout=self.timeout)
         except AgentError as exc:
-            raise AttesterError(f"the node agent gave no evidence: {exc}") from exc
+            raise AttesterError(f"the enclave agent gave no evidence: {exc}") from exc
         quote = answer.get("quote") if isinstance(answer, dict) else None
         if not isinstance(quote, str):
-            raise AttesterError("the node agent's evidence has no 'quote'")
+            raise AttesterError("the enclave agent's evidence has no 'quote'")
         try:
             raw = base64.b64decode(quote, validate=True)
         except binascii.Error:
-            raise AttesterError("the node agent's quote is not base64") from None
+            raise AttesterError("the enclave agent's quote is not base64") from None
         return RawEvidence(TAG_INTEL_TEE_QUOTE, raw)
 
     def endorsements(self) -> Collateral | None:
@@ -191,13 +191,13 @@ class TsmAttester:
 
 
 def detect_attester() -> Attester:
-    """The node agent when its socket exists (enclave containers), else configfs-tsm (TDX/SNP
+    """The enclave agent when its socket exists (enclave containers), else configfs-tsm (TDX/SNP
     guests); ConfigError when this environment offers no TEE."""
     socket_path = os.environ.get(AGENT_SOCKET_ENV) or IN_CONTAINER_AGENT_SOCKET
     if os.path.exists(socket_path):
         return AgentAttester(socket_path)
     if TsmAttester.available():
         return TsmAttester()
-    raise ConfigError("no TEE found: no node agent socket at "
+    raise ConfigError("no TEE found: no enclave agent socket at "
                       f"{socket_path} and no configfs-tsm at {TSM_REPORT_DIR} (use a certificate "
                       "file, or the simulated authority explicitly)")
