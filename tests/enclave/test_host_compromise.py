@@ -20,8 +20,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
-import threading
 import time
 from array import array
 from collections.abc import Iterator
@@ -36,51 +34,12 @@ from tests.conftest import BundleFactory
 from tests.enclave.conftest import Rune, measure
 from tests.kbs.kbs_harness import KbsProcess, config_text, write_admin_keys
 from tests.support.agent import AgentProcess
+from tests.support.recording_proxy import RecordingProxy
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 SCAN_CHUNK = 1 << 22
-
-
-class RecordingProxy:
-    """TCP proxy in front of the key broker keeping every byte that passes, both ways."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.up = bytearray()  # node agent -> broker
-        self.down = bytearray()  # broker -> node agent
-        self.lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            for src, dst, log in ((client, server, self.up), (server, client, self.down)):
-                threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
-
-    def _copy(self, src: socket.socket, dst: socket.socket, log: bytearray) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    log += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def forms(secret: bytes) -> list[bytes]:

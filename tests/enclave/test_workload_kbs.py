@@ -93,3 +93,98 @@ def test_bad_resource_uris_are_refused_in_the_container(rune: Rune, bundle_facto
     for uri in ("http://x/a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:///a/b/c/d"):
         r = rune("run", "--bundle", bundle_factory([ATTEST, "resource", uri], annotations=SIM), "baduri")
         assert r.returncode == 2 and "kbs:///REPO/TYPE/TAG" in r.stderr, uri
+
+
+def _tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it (the broker's), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test key broker CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = (directory / "ca.pem", directory / "tls.pem", directory / "tls.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_https_key_broker_pinned_by_the_image_leaves_the_relay_only_ciphertext(
+        tmp_path_factory: pytest.TempPathFactory, rune_bin: str, runc_root: str, busybox_rootfs: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an https broker whose CA the image pins (/etc/inclavare/kbs-ca.pem, measured with
+    the image), TLS runs end to end from the enclave agent: the host relays TLS records only —
+    no request line, path, token or JWE. An image without the CA refuses the broker."""
+    import shutil
+    import subprocess
+
+    from inclavare.sample_images import make_bundle
+    from tests.support.recording_proxy import RecordingProxy
+
+    work = tmp_path_factory.mktemp("https-kbs")
+    kbs_dir = work / "kbs"
+    kbs_dir.mkdir()
+    (work / "agent").mkdir()
+    ca, cert, key = _tls_material(kbs_dir)
+    agent = AgentProcess(work / "agent")
+    SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(kbs_dir / "sim"))
+    kbs = KbsProcess(str(kbs_dir), config_text("sqlite:///kbs.db", sample=False, extra=(
+        f'tls_certificate = "{cert}"\ntls_private_key = "{key}"\n'
+        '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\n'
+        'insecure_sim_collateral = "sim/collateral.json"\n')), write_admin_keys(str(kbs_dir)), ca=str(ca)).start()
+    assert kbs.url.startswith("https://127.0.0.1:")
+    proxy = RecordingProxy(("127.0.0.1", int(kbs.url.rsplit(":", 1)[1])))
+    agent.kbs_url = proxy.url.replace("http://", "https://")
+    agent.start()
+    try:
+        for k, v in agent.env.items():
+            monkeypatch.setenv(k, v)
+        pinned = str(tmp_path / "rootfs-pinned")
+        shutil.copytree(busybox_rootfs, pinned, symlinks=True)
+        Path(pinned, "etc", "inclavare").mkdir(parents=True)
+        shutil.copy(ca, Path(pinned, "etc", "inclavare", "kbs-ca.pem"))
+        command = [ATTEST, "resource", "kbs:///tenant/key/tls"]
+        good = make_bundle(str(tmp_path / "pinned"), command, rootfs=pinned, annotations=SIM)
+        unpinned = make_bundle(str(tmp_path / "unpinned"), command, rootfs=busybox_rootfs, annotations=SIM)
+        secret = b"only-inside-the-enclave-" + bytes(range(8))
+        assert kbs.admin("POST", "/resource/tenant/key/tls", secret).status_code == 200
+        kbs.set_resource_policy(
+            'package policy\nimport rego.v1\ndefault allow := false\n'
+            'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+            f'allow if {{ data.plugin == "resource"; ev.sgx.mr_enclave == "{measure(good, agent.env)}" }}\n')
+
+        r = subprocess.run([rune_bin, "--root", runc_root, "run", "--bundle", good, "tls-good"],
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert (r.returncode, r.stdout) == (0, secret), r.stderr
+        relayed = bytes(proxy.up) + bytes(proxy.down)
+        assert proxy.up[:1] == b"\x16" and proxy.down[:1] == b"\x16"  # TLS handshake records
+        for plaintext in (b"HTTP/1.1", b"/kbs/v0", b"tee-pubkey", b"ciphertext", b"Bearer", secret):
+            assert plaintext not in relayed, plaintext
+
+        bad = subprocess.run([rune_bin, "--root", runc_root, "run", "--bundle", unpinned, "tls-unpinned"],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert bad.returncode == 1 and bad.stdout == ""
+        assert "CERTIFICATE_VERIFY_FAILED" in bad.stderr or "certificate verify failed" in bad.stderr, bad.stderr
+    finally:
+        agent.stop()
+        proxy.close()
+        kbs.stop()

@@ -38,6 +38,7 @@ class KbsProcess:
     url: str = ""
     stderr_path: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    ca: str | None = None  # CA file to verify an https broker with
 
     def start(self, timeout: float = 20.0) -> KbsProcess:
         config = os.path.join(self.directory, "kbs.toml")
@@ -59,11 +60,16 @@ class KbsProcess:
         self.url = line.split("listening on ", 1)[1].strip()
         while time.monotonic() < deadline:
             try:
-                httpx.get(self.url + "/kbs/v0/", timeout=1)
+                httpx.get(self.url + "/kbs/v0/", timeout=1, verify=self._verify())
                 return self
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError("kbs did not answer")
+
+    def _verify(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=self.ca) if self.ca else True
 
     def stderr(self) -> str:
         with open(self.stderr_path, errors="replace") as fh:
@@ -94,7 +100,7 @@ class KbsProcess:
 
     def admin(self, method: str, path: str, body: bytes | None = None, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.url + "/kbs/v0" + path, content=body,
-                             headers=self.admin_headers(), timeout=30, **kw)
+                             headers=self.admin_headers(), timeout=30, verify=self._verify(), **kw)
 
     def set_resource_policy(self, text: str) -> None:
         from inclavare.crypto.b64 import b64url_encode

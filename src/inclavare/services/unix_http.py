@@ -161,7 +161,8 @@ def error_response(exc: BaseException, log: logging.Logger) -> Response:
         return Response.json(400, {"detail": str(exc)})
     if isinstance(exc, InclavareError):
         return Response.json(500, {"detail": str(exc)})
-    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    log.error("request failed: %s: %s", type(exc).__name__, exc)
+    log.debug("request failed", exc_info=exc)  # the traceback only when debugging
     return Response.json(500, {"detail": f"internal error: {type(exc).__name__}"})
 
 

@@ -63,6 +63,7 @@ RUNELET_MODULES = (
     "inclavare.services.enclave_agent.agent",
     "inclavare.services.kbs_client",
     "inclavare.services.http_transport",
+    "encodings.idna",  # TLS server names: pulls in stringprep and unicodedata
 )
 # Third-party top-level modules allowed from site-packages (the enclave agent's crypto,
 # canonical JSON and HTTP parser); anything else imported from site-packages is an error.

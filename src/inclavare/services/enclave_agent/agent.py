@@ -17,6 +17,7 @@ mount and cgroup namespaces as the agent); a neighbour that reaches the socket t
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from typing import Any
@@ -29,6 +30,9 @@ log = logging.getLogger("inclavare.enclave_agent")
 
 RESOURCE_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+[A-Za-z0-9_\-.]*$")
 REFUSED = "refused: the enclave agent answers only the processes of its own enclave container"
+# The key broker's CA, pinned by the image (so part of the measurement): an https broker must
+# present a certificate under it. Without the file the image's system CAs apply.
+KBS_CA_FILE = "/etc/inclavare/kbs-ca.pem"
 
 
 class EnclaveAgent:
@@ -92,7 +96,7 @@ class EnclaveAgent:
             from inclavare.services.kbs_client import KbsClient
 
             url = self._relay_url()
-            transport = HttpTransport(url, connect=self._tunnel)
+            transport = HttpTransport(url, connect=self._tunnel, ssl_context=_kbs_ssl_context(url))
             self._kbs = KbsClient(url, self._quote, tee="sgx", transport=transport)
         return self._kbs
 
@@ -114,3 +118,17 @@ class EnclaveAgent:
             return self.host.tunnel(timeout)
         except HostChannelError as exc:
             raise TransportError(str(exc)) from None
+
+
+def _kbs_ssl_context(url: str) -> Any:
+    if not url.startswith("https:"):
+        return None
+    import ssl
+
+    context = ssl.create_default_context()
+    if os.path.exists(KBS_CA_FILE):
+        try:
+            context.load_verify_locations(KBS_CA_FILE)
+        except (OSError, ssl.SSLError) as exc:
+            raise HttpError(500, f"cannot load the key broker CA {KBS_CA_FILE}: {exc}") from None
+    return context

@@ -42,13 +42,19 @@ class KbsConfig:
     payload_limit_bytes: int = DEFAULT_PAYLOAD_LIMIT
     max_sessions: int = 100_000
     log_level: str = "info"
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
     attestation: AttestationConfig = AttestationConfig()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certificate else "http"
 
 
 _TOP = {
     "listen": str, "store": str, "admin_public_key": str, "insecure_allow_sample_tee": bool,
     "session_timeout_seconds": (int, float), "payload_limit_bytes": int, "max_sessions": int,
-    "log_level": str, "attestation": dict,
+    "log_level": str, "tls_certificate": str, "tls_private_key": str, "attestation": dict,
 }
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
@@ -122,6 +128,12 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     lifetime = int(att.get("token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME_S))
     if not 1 <= lifetime <= 86400:
         raise ConfigError("[attestation] token_lifetime_seconds must be in [1, 86400]")
+    tls_cert, tls_key = _path(base_dir, doc.get("tls_certificate")), _path(base_dir, doc.get("tls_private_key"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("tls_certificate and tls_private_key go together")
+    for what, path in (("tls_certificate", tls_cert), ("tls_private_key", tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{what} {path} does not exist")
     anchor = _path(base_dir, att.get("insecure_sim_trust_anchor"))
     collateral = _path(base_dir, att.get("insecure_sim_collateral"))
     if (anchor is None) != (collateral is None):
@@ -138,6 +150,8 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         payload_limit_bytes=limit,
         max_sessions=max_sessions,
         log_level=level,
+        tls_certificate=tls_cert,
+        tls_private_key=tls_key,
         attestation=AttestationConfig(
             token_signing_key=_path(base_dir, att.get("token_signing_key")),
             token_lifetime_seconds=lifetime,

@@ -106,10 +106,11 @@ def serve(config: KbsConfig) -> None:
     sock = bind(config.listen_host, config.listen_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"inclavare kbs: listening on http://{shown}:{port}", flush=True)
+    print(f"inclavare kbs: listening on {config.scheme}://{shown}:{port}", flush=True)
     server_config: Any = uvicorn.Config(
         create_app(service), log_level=config.log_level if config.log_level != "info" else "warning",
         access_log=False, lifespan="off", server_header=False, timeout_keep_alive=30,
+        ssl_certfile=config.tls_certificate, ssl_keyfile=config.tls_private_key,
     )
     try:
         uvicorn.Server(server_config).run(sockets=[sock])
