@@ -8,9 +8,7 @@ Intel's quotes accepts it under the simulated root, and identity comes from kern
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -29,26 +28,11 @@ from inclavare.tee.sim_authority import SimAuthority
 from tests.enclave.conftest import Rune, agent, enclave_env, measure, rune  # noqa: F401
 from tests.ratls.conftest import exchange
 from tests.support.agent import AgentProcess
+from tests.support.host_python import python_mounts
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 SIM = {"enclave.type": "sim"}
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64")
-
-
-def _python_mounts() -> tuple[str, list[dict[str, object]]]:
-    python = os.path.realpath(sys.executable)
-    paths = sysconfig.get_paths()
-    source = str(Path(inclavare.__file__).resolve().parent.parent)
-    wanted = [python, paths["stdlib"], paths["platstdlib"], paths["purelib"], source, *LIBRARY_DIRS]
-    if os.path.realpath(sys.base_prefix) != "/usr":
-        wanted.append(os.path.join(sys.base_prefix, "lib"))
-    missing = [p for p in wanted if not os.path.exists(p)]
-    if missing:
-        pytest.skip(f"this host's layout does not match the bind-mount recipe: {missing[0]} is absent")
-    mounts = [{"destination": p, "type": "bind", "source": p, "options": ["rbind", "ro", "nosuid", "nodev"]}
-              for p in dict.fromkeys(os.path.realpath(w) for w in wanted)]
-    return python, mounts
 
 
 def _free_port() -> int:
@@ -58,8 +42,8 @@ def _free_port() -> int:
 
 
 def _bundle(tmp: Path, name: str, rootfs: str, ratls_args: list[str], trust: Path) -> str:
-    python, mounts = _python_mounts()
     source = str(Path(inclavare.__file__).resolve().parent.parent)
+    python, mounts = python_mounts([sysconfig.get_paths()["purelib"], source])
     boot = (f"import sys; sys.path[:0] = [{source!r}, {sysconfig.get_paths()['purelib']!r}]; "
             "from inclavare.cli.main import main; sys.exit(main())")
     bundle = make_bundle(str(tmp / name), [python, "-I", "-S", "-B", "-c", boot, "ratls", *ratls_args],

@@ -50,8 +50,8 @@ class EnclaveAgent:
             # another container) and reached the socket through a bind mount or /proc/N/root
             raise HttpError(403, f"{REFUSED} (the caller is outside its pid namespace)")
         if peer.ns is None:
-            raise HttpError(403, f"{REFUSED} (the caller could not be inspected; is it another user's "
-                                 "process while the agent does not run as root?)")
+            raise HttpError(403, f"{REFUSED} (the caller could not be inspected: another user's process, "
+                                 "or one with privileges the agent lacks)")
         differing = self.own.differing(peer.ns)
         if differing:
             raise HttpError(403, f"{REFUSED} (the caller's {', '.join(differing)} namespace differs)")
