@@ -2,10 +2,10 @@
 
 Elsewhere values are frozen dataclasses; ``dataclasses`` (with ``inspect``) costs ~15 ms to
 import on these machines, more than rune's whole decision, so hot-path modules subclass this:
-slots, no mutation after ``__init__``, equality, hashing and repr over the slots.
+slots, no mutation after ``__init__``, equality, hashing and repr over the slots. No
+``from __future__ import annotations``: rune's fast path imports this module and must not load
+``__future__``.
 """
-
-from __future__ import annotations
 
 
 class Immutable:

@@ -25,7 +25,7 @@ LOW_MODULES = {
 # What each of them (and rune_entry, which they serve) imports when it is loaded.
 MODULE_LEVEL_IMPORTS = {
     "invocation": set(),
-    "host_settings": {"posix", f"{PACKAGE}.invocation"},
+    "host_settings": {"posix", "inclavare.immutable", f"{PACKAGE}.invocation"},
     "runc_process": {"posix"},
     "rune_entry": {"posix", "sys", f"{PACKAGE}.invocation", f"{PACKAGE}.host_settings",
                    f"{PACKAGE}.runc_process"},

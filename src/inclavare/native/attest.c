@@ -36,26 +36,11 @@ static void usage(void)
 	exit(2);
 }
 
-static int write_all(int fd, const char *buf, size_t len)
+/* Write everything; on a socket (sock != 0) without SIGPIPE when the agent has already closed. */
+static int write_all(int fd, const char *buf, size_t len, int sock)
 {
 	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Like write_all, on a socket, without SIGPIPE when the agent has already closed. */
-static int send_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+		ssize_t n = sock ? send(fd, buf, len, MSG_NOSIGNAL) : write(fd, buf, len);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -129,7 +114,7 @@ static int request(const char *path)
 	if (!head)
 		return 1;
 	snprintf(head, hlen, "GET %s HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n\r\n", path);
-	if (send_all(fd, head, strlen(head)) < 0 && errno != EPIPE) {
+	if (write_all(fd, head, strlen(head), 1) < 0 && errno != EPIPE) {
 		/* EPIPE: the agent answered (e.g. "busy") and closed before reading; read its answer */
 		fprintf(stderr, "attest: write to the enclave agent failed: %s\n", strerror(errno));
 		return 1;
@@ -186,10 +171,10 @@ static int request(const char *path)
 		fputc('\n', stderr);
 		return 1;
 	}
-	if (write_all(1, body, body_len) < 0)
+	if (write_all(1, body, body_len, 0) < 0)
 		return 1;
 	if (body_len > 0 && body[body_len - 1] != '\n' && isatty(1))
-		write_all(1, "\n", 1);
+		write_all(1, "\n", 1, 0);
 	return 0;
 }
 

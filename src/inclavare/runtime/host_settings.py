@@ -8,6 +8,7 @@ built-in ``posix`` (and :mod:`inclavare.runtime.invocation`, which imports nothi
 
 import posix
 
+from inclavare.immutable import Immutable
 from inclavare.runtime.invocation import DEFAULT_RUNC_ROOT as DEFAULT_RUNC_ROOT  # runc's default, re-exported
 
 DEFAULT_RUNC = "/usr/sbin/runc"
@@ -57,13 +58,8 @@ def state_path(root: str, container_id: str, base: str = "") -> str:
     return abspath(base) + abspath(root) + "/" + container_id
 
 
-class Host:
-    """Where this node keeps rune's state, the enclave pool and the runelet runtime folder.
-
-    Immutable, with equality, hashing and repr over its slots, like
-    :class:`inclavare.immutable.Immutable` values; it does not subclass that class because
-    importing it (and the ``__future__`` module it imports) would cost rune's fast path.
-    """
+class Host(Immutable):
+    """Where this node keeps rune's state, the enclave pool and the runelet runtime folder."""
 
     __slots__ = ("state_base", "agent_socket", "epm_dir", "runelet_dir")
     state_base: str
@@ -72,25 +68,7 @@ class Host:
     runelet_dir: str
 
     def __init__(self, state_base: str, agent_socket: str, epm_dir: str, runelet_dir: str) -> None:
-        for name, value in (("state_base", state_base), ("agent_socket", agent_socket),
-                            ("epm_dir", epm_dir), ("runelet_dir", runelet_dir)):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def _items(self) -> tuple[object, ...]:
-        return tuple(getattr(self, k) for k in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._items() == other._items()
-
-    def __hash__(self) -> int:
-        return hash(self._items())
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"{type(self).__name__}({inner})"
+        self._set(state_base=state_base, agent_socket=agent_socket, epm_dir=epm_dir, runelet_dir=runelet_dir)
 
     @classmethod
     def from_environment(cls, agent_socket: "str | None" = None) -> "Host":
