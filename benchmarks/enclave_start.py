@@ -38,7 +38,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mb", type=int, default=100, help="MB of files in the rootfs")
-    ap.add_argument("--runs", type=int, default=20, help="alternating warm/runc runs")
+    ap.add_argument("--runs", type=int, default=60, help="alternating warm/runc runs")
     ap.add_argument("--cold-runs", type=int, default=5)
     args = ap.parse_args()
     if os.geteuid() != 0:

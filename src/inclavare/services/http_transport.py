@@ -39,8 +39,15 @@ class HttpResponse:
         return None
 
 
+def nodelay(sock: socket.socket) -> socket.socket:
+    """Send small writes at once: http.client writes a request's head and body separately, and
+    with Nagle's algorithm the body would wait for the peer's delayed ACK (~40 ms)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def tcp_connect(host: str, port: int) -> Connect:
-    return lambda timeout: socket.create_connection((host, port), timeout=timeout)
+    return lambda timeout: nodelay(socket.create_connection((host, port), timeout=timeout))
 
 
 class HttpTransport:

@@ -55,10 +55,14 @@ class RelayTarget:
 
     def connect(self, timeout: float) -> socket.socket:
         try:
-            return socket.create_connection((self.host, self.port), timeout=timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
             raise HttpError(502, f"cannot reach the key broker at {self.host}:{self.port}: "
                                  f"{exc.strerror or exc}") from None
+        # bytes are forwarded as they come: a request's head and body may arrive in two reads,
+        # and Nagle's algorithm would hold the second for the broker's delayed ACK (~40 ms)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
 
 @dataclass
