@@ -4,17 +4,22 @@ The host is outside the enclave's trust: what it answers is either verifiable by
 over report data the enclave chose) or harmless hints (where the relay goes). Secrets never pass
 here in plaintext: key broker traffic goes through :meth:`HostChannel.tunnel`, an opaque byte
 pipe the host only copies.
+
+HTTP is spoken with h11 (which the agent's server already loads): the agent's start-up is paid
+by a workload's first request, and ``http.client`` with ``ssl`` and ``email`` would add ~20 ms to
+it; they load only when a key broker is first used.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import http.client
-import json
 import socket
 from typing import Any
 
+import h11
+
+from inclavare import fastjson
 from inclavare.errors import InclavareError
 from inclavare.services.enclave_layout import HOST_SOCKET
 
@@ -25,28 +30,12 @@ class HostChannelError(InclavareError):
     """The node agent refused or could not be reached."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("inclavare-host", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def _detail(body: bytes) -> str:
     try:
-        doc = json.loads(body)
+        doc = fastjson.loads(body)
         if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
             return str(doc["detail"])
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         pass
     return body[:300].decode("utf-8", "replace").strip()
 
@@ -56,27 +45,60 @@ class HostChannel:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: Any = None) -> bytes:
-        conn = _UnixConnection(self.socket_path, self.timeout)
+    def _exchange(self, method: str, target: str, body: bytes = b"",
+                  timeout: float | None = None) -> tuple[int, bytes, socket.socket]:
+        """One request; returns the status, the body and the (still open) socket."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout if timeout is None else timeout)
         try:
-            payload = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=payload,
-                         headers={"content-type": "application/json"} if payload else {})
-            resp = conn.getresponse()
-            data = resp.read(MAX_ANSWER)
-        except (OSError, http.client.HTTPException) as exc:
+            sock.connect(self.socket_path)
+            conn = h11.Connection(h11.CLIENT)
+            headers = [("host", "inclavare-host")]
+            if method != "CONNECT":
+                headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+            out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+            if body:
+                out += conn.send(h11.Data(data=body)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+            sock.sendall(out)
+            status, chunks, size = 0, [], 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > MAX_ANSWER:
+                        raise HostChannelError(f"the node agent's answer to {target} is too large")
+                    chunks.append(bytes(event.data))
+                elif event is h11.PAUSED:  # a CONNECT was accepted: the socket now carries raw bytes
+                    if conn.trailing_data[0]:
+                        raise HostChannelError("the node agent's relay sent bytes before any were asked for")
+                    break
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+            return status, b"".join(chunks), sock
+        except (OSError, h11.ProtocolError) as exc:
+            sock.close()
             raise HostChannelError(f"the node agent is not reachable at {self.socket_path}: {exc}") from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise HostChannelError(f"the node agent refused {path} ({resp.status}): {_detail(data)}")
+        except BaseException:
+            sock.close()
+            raise
+
+    def _call(self, method: str, target: str, body: Any = None) -> bytes:
+        status, data, sock = self._exchange(method, target, b"" if body is None else fastjson.dumps(body).encode())
+        sock.close()
+        if status != 200:
+            raise HostChannelError(f"the node agent refused {target} ({status}): {_detail(data)}")
         return data
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
+    def _json(self, method: str, target: str, body: Any = None) -> Any:
         try:
-            return json.loads(self._call(method, path, body))
-        except ValueError:
-            raise HostChannelError(f"the node agent's answer to {path} is not JSON") from None
+            return fastjson.loads(self._call(method, target, body))
+        except (ValueError, UnicodeDecodeError):
+            raise HostChannelError(f"the node agent's answer to {target} is not JSON") from None
 
     def info(self) -> dict[str, Any]:
         doc = self._json("GET", "/v1/info")
@@ -103,20 +125,8 @@ class HostChannel:
 
     def tunnel(self, timeout: float) -> socket.socket:
         """A byte pipe to the node's key broker through the host (``CONNECT kbs``)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(self.socket_path)
-            sock.sendall(b"CONNECT kbs:0 HTTP/1.1\r\nHost: kbs:0\r\n\r\n")
-            resp = http.client.HTTPResponse(sock, method="CONNECT")
-            resp.begin()
-            if resp.status != 200:
-                detail = _detail(resp.read(MAX_ANSWER))
-                raise HostChannelError(f"the node agent's relay refused ({resp.status}): {detail}")
-        except (OSError, http.client.HTTPException) as exc:
+        status, data, sock = self._exchange("CONNECT", "kbs:0", timeout=timeout)
+        if status != 200:
             sock.close()
-            raise HostChannelError(f"the node agent's relay is not reachable at {self.socket_path}: {exc}") from None
-        except HostChannelError:
-            sock.close()
-            raise
+            raise HostChannelError(f"the node agent's relay refused ({status}): {_detail(data)}")
         return sock
