@@ -102,6 +102,19 @@ def test_rune_attest_and_delete_deregisters(
     claims = verify_sim_evidence(agent, r.stdout).claims
     assert claims.mr_enclave.hex() == measure(bundle, enclave_env)
     assert claims.report_data.rstrip(b"\0") == b"from-rune-attest"
+    # the operator's tool agrees, under the simulated root given explicitly
+    import subprocess
+    import sys
+
+    from inclavare.tee.sim_authority import SimAuthority
+
+    trust = agent.work / "trust"
+    SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(trust))
+    v = subprocess.run([str(Path(sys.executable).parent / "inclavare"), "verify", "-", "--json", "--trust-anchor",
+                        str(trust / "root-ca.pem"), "--collateral", str(trust / "collateral.json")],
+                       input=r.stdout, capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
+    assert measure(bundle, enclave_env) in v.stdout
     assert "att1" in {c["id"] for c in agent.containers()}
     assert rune("delete", "--force", "att1").returncode == 0
     assert "att1" not in {c["id"] for c in agent.containers()}
@@ -162,6 +175,24 @@ def test_errors_planned_by_the_agent_reach_the_log(rune: Rune, agent: AgentProce
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["level"] == "error" and message in entry["msg"]
     assert "agent-refused" not in {c["id"] for c in agent.containers()}
+
+
+def test_enclave_container_cannot_join_another_containers_pid_namespace(
+        rune: Rune, bundle_factory: BundleFactory) -> None:
+    host = bundle_factory(["/bin/sleep", "300"])
+    rune.create(host, "pidhost")
+    try:
+        init = json.loads(rune("state", "pidhost").stdout)["pid"]
+        bundle = bundle_factory(["/bin/true"], annotations=SIM)
+        spec = json.loads(Path(bundle, "config.json").read_text())
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
+        spec["linux"]["namespaces"].append({"type": "pid", "path": f"/proc/{init}/ns/pid"})
+        Path(bundle, "config.json").write_text(json.dumps(spec))
+        r = rune("run", "--bundle", bundle, "joiner")
+        assert r.returncode == 1 and "cannot join another's" in r.stderr
+        assert "joiner" not in rune("list", "-q").stdout.split()
+    finally:
+        rune("delete", "--force", "pidhost")
 
 
 def test_enclave_needs_its_own_pid_namespace(rune: Rune, bundle_factory: BundleFactory) -> None:

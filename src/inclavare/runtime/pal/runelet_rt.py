@@ -72,7 +72,7 @@ ENCLAVE_PACKAGES = frozenset({"cryptography", "_cffi_backend", "cffi", "rfc8785"
 # Static programs placed in tools/: (source name under inclavare/native, file name).
 TOOLS = (("enclave_init", "enclave-init"), ("attest", "attest"))
 RECHECK_SECONDS = 5.0
-_RECENT: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}  # memo of ensure_runelet_rt
+_RECENT: dict[tuple[str, ...], tuple[str, float]] = {}  # memo of ensure_runelet_rt
 _PROBE = """
 import importlib, json, sys
 sys.path.insert(0, {parent!r})
@@ -310,7 +310,7 @@ def ensure_runelet_rt(cache_dir: str, *, pal_libraries: Sequence[str] = ()) -> s
     """
     cache_dir = os.path.abspath(cache_dir)
     pal_libraries = [os.path.abspath(p) for p in pal_libraries]
-    memo_key = (cache_dir, tuple(pal_libraries))
+    memo_key = (cache_dir, _package_parent(), _python(), *pal_libraries)
     recent = _RECENT.get(memo_key)
     if recent is not None and time.monotonic() - recent[1] < RECHECK_SECONDS and os.path.isdir(recent[0]):
         return recent[0]  # a long-lived caller (the node agent) re-validates every few seconds

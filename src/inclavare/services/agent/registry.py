@@ -24,6 +24,7 @@ from inclavare.errors import AgentError, ConfigError
 from inclavare.services.peer import Namespaces, namespaces_of, start_time
 
 RESOLVE_INTERVAL = 0.5  # at most one `runc state` per container per this many seconds
+GC_GRACE = 30.0  # a registration younger than this is never collected (its create may be under way)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,8 @@ class Registry:
 
     def _runc_pid(self, reg: Registration) -> int:
         """The init pid runc reports (0: not running; -1: runc does not know the container)."""
+        if not os.path.exists(os.path.join(reg.root, reg.id, "state.json")):
+            return -1  # runc keeps <root>/<id>/state.json while it knows a container: no need to ask it
         try:
             r = subprocess.run([reg.runc, "--root", reg.root, "state", reg.id], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
@@ -216,11 +219,13 @@ class Registry:
         pid = state.get("pid")
         return pid if isinstance(pid, int) and pid > 0 else 0
 
-    def collect_garbage(self) -> list[Registration]:
-        """Drop registrations whose container runc no longer knows."""
+    def collect_garbage(self, grace: float = GC_GRACE) -> list[Registration]:
+        """Drop registrations whose container runc no longer knows (registered at least ``grace``
+        seconds ago: runc creates its state only after rune registered the container)."""
         gone = []
+        now = time.time()
         for reg in self.all():
-            if self._alive(reg):
+            if now - reg.registered_at < grace or self._alive(reg):
                 continue
             if self._runc_pid(reg) == -1:
                 dropped = self.deregister(reg.root, reg.id)
