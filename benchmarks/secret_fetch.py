@@ -27,12 +27,6 @@ Baselines, same run, interleaved with the containers (the machine is noisy: quot
   tee="sgx")`` in this process with an attester that asks the simulated authority (the node
   agent's, for the container's measurement) for a quote: a fresh client per "first" sample
   (TCP connect, auth, attest, resource, decryption), then M cached fetches on that client;
-* ``host_first_flow_nodelay_ms_p50``: the same fresh-client flow over a TCP connection with
-  ``TCP_NODELAY`` set (an ``HttpTransport`` whose ``connect`` sets it). ``http.client`` writes a
-  request's headers and body separately; without ``TCP_NODELAY`` the body of ``POST /attest``
-  waits for the broker's delayed ACK of the headers (~40 ms on Linux). The node agent's relay
-  forwards the enclave's bytes over a TCP connection of the same kind, so the difference to the
-  plain host flow is that stall, on both sides of the comparison;
 * ``http_roundtrip_ms_p50``: one plain HTTP request to the broker on loopback over a kept-alive
   ``http.client`` connection (``GET /kbs/v0/resource/...`` without a token: 401).
 
@@ -52,7 +46,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +59,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from inclavare.sample_images import build_busybox_rootfs, make_bundle
-from inclavare.services.http_transport import HttpTransport
 from inclavare.services.kbs_client import KbsClient
 from inclavare.tee.sim_authority import SimAuthority
 from tests.kbs.kbs_harness import KbsProcess, config_text, write_admin_keys
@@ -347,22 +339,6 @@ def main() -> int:
 
         port = int(kbs.url.rsplit(":", 1)[1])
 
-        def nodelay_connect(timeout: float) -> socket.socket:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-
-        def host_flow_nodelay() -> float:
-            t0 = time.perf_counter()
-            client = KbsClient(kbs.url, attester, tee="sgx",  # type: ignore[union-attr]
-                               transport=HttpTransport(kbs.url, connect=nodelay_connect))  # type: ignore[union-attr]
-            try:
-                if client.get_resource(uri) != secret:
-                    raise SystemExit("host flow: wrong secret")
-                return (time.perf_counter() - t0) * 1000
-            finally:
-                client.close()
-
         http_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
         def http_roundtrips(n: int) -> list[float]:
@@ -387,10 +363,9 @@ def main() -> int:
         container(res_bundle, "warm-res")
         container(ev_bundle, "warm-ev")
         host_session()
-        host_flow_nodelay()
         http_roundtrips(args.http_requests)
 
-        first, cached, host_first, host_cached, rtt, nodelay = [], [], [], [], [], []
+        first, cached, host_first, host_cached, rtt = [], [], [], [], []
         evidence, first_running, channel_quote, relay_connect, relay_rtt = [], [], [], [], []
         rounds = max(args.containers, n_evidence)
         log(f"{rounds} rounds: a fresh resource container ({args.fetches} cached fetches), "
@@ -411,11 +386,9 @@ def main() -> int:
                 f, c = host_session()
                 host_first.append(f)
                 host_cached += c
-                nodelay.append(host_flow_nodelay())
             rtt += http_roundtrips(args.http_requests)
             log(f"round {i + 1}: first fetch {first[-1] if i < args.containers else float('nan'):.1f} ms, "
-                f"host flow {host_first[-1] if i < args.containers else float('nan'):.1f} ms "
-                f"({nodelay[-1] if i < args.containers else float('nan'):.1f} ms with TCP_NODELAY)")
+                f"host flow {host_first[-1] if i < args.containers else float('nan'):.1f} ms")
         http_conn.close()
 
         log("first fetch samples (ms): " + " ".join(f"{x:.1f}" for x in sorted(first)))
@@ -434,7 +407,6 @@ def main() -> int:
             "host_first_flow_ms_p99": r2(pct(host_first, 99)),
             "host_cached_fetch_ms_p50": r2(m(host_cached)),
             "host_cached_fetch_ms_p99": r2(pct(host_cached, 99)),
-            "host_first_flow_nodelay_ms_p50": r2(m(nodelay)),
             "http_roundtrip_ms_p50": round(m(rtt), 3),
             "first_fetch_overhead_ms": r2(m(first) - m(host_first)),
             "cached_ratio": round(m(cached) / m(host_cached), 3),

@@ -1,20 +1,21 @@
 """HTTP/1.1 requests over a connection the caller opens (TCP, or a tunnel through a relay).
 
 The key broker client runs inside enclaves, where the only way out may be the node agent's opaque
-relay (``CONNECT kbs`` on a unix socket) and where start-up time is paid on the first secret; so
-this transport is the standard library's ``http.client`` (with ``ssl`` when the URL is https)
-over a socket from a ``connect`` callable, keeping the connection alive between requests. It
-knows nothing of the key broker protocol (:mod:`inclavare.services.kbs_client` does).
+relay (``CONNECT kbs`` on a unix socket) and where start-up time is paid by the first secret a
+workload asks for. So the protocol is h11's (already loaded by the enclave agent's server),
+``ssl`` is imported only for an https URL, and the connection is kept alive between requests.
+The transport knows nothing of the key broker protocol (:mod:`inclavare.services.kbs_client`).
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+import h11
 
 from inclavare.errors import ConfigError
 
@@ -24,6 +25,10 @@ MAX_RESPONSE = 16 << 20
 
 class TransportError(OSError):
     """The request could not be sent or its answer not read."""
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed before this request: try a fresh one."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,8 @@ class HttpResponse:
 
 
 def nodelay(sock: socket.socket) -> socket.socket:
-    """Send small writes at once: http.client writes a request's head and body separately, and
-    with Nagle's algorithm the body would wait for the peer's delayed ACK (~40 ms)."""
+    """Send small writes at once: a request's head and body may leave in two writes, and with
+    Nagle's algorithm the body would wait for the peer's delayed ACK (~40 ms)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -53,60 +58,106 @@ def tcp_connect(host: str, port: int) -> Connect:
 class HttpTransport:
     """Requests to one origin (``base_url``), over sockets from ``connect`` (default: TCP)."""
 
-    def __init__(self, base_url: str, *, connect: Connect | None = None, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, base_url: str, *, connect: Connect | None = None, ssl_context: Any = None,
                  timeout: float = 30.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"URL must be http://HOST[:PORT] or https://HOST[:PORT], not {base_url!r}")
         try:
-            self.port = parts.port or (443 if parts.scheme == "https" else 80)
+            default_port = 443 if parts.scheme == "https" else 80
+            self.port = parts.port or default_port
         except ValueError:
             raise ConfigError(f"URL has an invalid port: {base_url!r}") from None
         self.host = parts.hostname
-        self.https = parts.scheme == "https"
+        self.authority = self.host if self.port == default_port else f"{self.host}:{self.port}"
+        if ":" in self.host:  # an IPv6 literal
+            self.authority = f"[{self.host}]" + ("" if self.port == default_port else f":{self.port}")
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self._connect = connect or tcp_connect(self.host, self.port)
-        self._ssl = (ssl_context or ssl.create_default_context()) if self.https else None
-        self._conn: http.client.HTTPConnection | None = None
+        self._ssl = None
+        if parts.scheme == "https":
+            import ssl
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            sock = self._connect(self.timeout)
-            if self._ssl is not None:
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._sock: socket.socket | None = None
+        self._conn: h11.Connection | None = None
+
+    def _open(self) -> tuple[socket.socket, h11.Connection]:
+        sock = self._connect(self.timeout)
+        sock.settimeout(self.timeout)
+        if self._ssl is not None:
+            try:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
-            conn.sock = sock
-            self._conn = conn
-        return self._conn
+            except BaseException:
+                sock.close()
+                raise
+        self._sock, self._conn = sock, h11.Connection(h11.CLIENT)
+        return self._sock, self._conn
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> HttpResponse:
         """One request; a kept-alive connection the server closed meanwhile is reopened once."""
         for attempt in (0, 1):
-            fresh = self._conn is None
+            reused = self._sock is not None
             try:
-                conn = self._connection()
-                conn.request(method, self.prefix + path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read(MAX_RESPONSE + 1)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                sock, conn = (self._sock, self._conn) if reused else self._open()
+                assert sock is not None and conn is not None
+                return self._exchange(sock, conn, method, path, body, headers or {})
+            except _Stale:
                 self.close()
-                if fresh or attempt:
-                    raise TransportError(f"connection closed: {exc}") from exc
-                continue
-            except (OSError, http.client.HTTPException) as exc:
+                if not reused or attempt:
+                    raise TransportError("the server closed the connection without answering") from None
+            except (OSError, h11.ProtocolError) as exc:
                 self.close()
                 raise TransportError(str(exc) or type(exc).__name__) from exc
-            if len(data) > MAX_RESPONSE:
-                self.close()
-                raise TransportError("response too large")
-            if resp.will_close:
-                self.close()
-            return HttpResponse(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], data)
         raise AssertionError("unreachable")
 
+    def _exchange(self, sock: socket.socket, conn: h11.Connection, method: str, path: str,
+                  body: bytes | None, headers: dict[str, str]) -> HttpResponse:
+        fields = [("host", self.authority), *((k, v) for k, v in headers.items())]
+        if body is not None:
+            fields.append(("content-length", str(len(body))))
+        out = conn.send(h11.Request(method=method, target=self.prefix + path, headers=fields)) or b""
+        if body:
+            out += conn.send(h11.Data(data=body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        try:
+            sock.sendall(out)
+        except (BrokenPipeError, ConnectionResetError):
+            raise _Stale from None
+        status, received, chunks, size = 0, False, [], 0
+        response_headers: list[tuple[str, str]] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data and not received:
+                    raise _Stale
+                received = received or bool(data)
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                response_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_RESPONSE:
+                    raise TransportError("response too large")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise TransportError("the server closed the connection mid-answer")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            self.close()
+        return HttpResponse(status, response_headers, b"".join(chunks))
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._conn = None, None

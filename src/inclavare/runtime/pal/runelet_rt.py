@@ -64,6 +64,7 @@ RUNELET_MODULES = (
     "inclavare.services.enclave_agent.agent",
     "inclavare.services.kbs_client",
     "inclavare.services.http_transport",
+    "ssl",  # an https key broker (imported only then)
     "encodings.idna",  # TLS server names: pulls in stringprep and unicodedata
 )
 # Third-party top-level modules allowed from site-packages (the enclave agent's crypto,

@@ -1,0 +1,116 @@
+"""The key broker client's HTTP transport against real servers misbehaving on loopback: kept-alive
+connections are reused, one the server dropped is reopened once, truncated and oversized
+answers and unreachable servers are typed errors."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from inclavare.services import http_transport
+from inclavare.services.http_transport import HttpTransport, TransportError
+
+ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+class Server:
+    """Reads one request head at a time and answers with ``behaviour(conn, index)``."""
+
+    def __init__(self, behaviour: Callable[[socket.socket, int], bool]) -> None:
+        self.behaviour = behaviour
+        self.connections = 0
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                while length and len(buf) < length[0]:
+                    buf += conn.recv(65536)
+                buf = buf[length[0]:] if length else buf
+                self.requests += 1
+                if not self.behaviour(conn, self.requests):
+                    return
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Callable[[socket.socket, int], bool]], Server]]:
+    made: list[Server] = []
+
+    def make(behaviour: Callable[[socket.socket, int], bool]) -> Server:
+        made.append(Server(behaviour))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.sock.close()
+
+
+def test_requests_reuse_one_kept_alive_connection(server) -> None:  # type: ignore[no-untyped-def]
+    s = server(lambda conn, i: conn.sendall(ANSWER) is None)
+    t = HttpTransport(s.url)
+    for _ in range(3):
+        r = t.request("POST", "/x", b"{}", {"content-type": "application/json"})
+        assert (r.status, r.body, r.header("content-type")) == (200, b"ok", "text/plain")
+    assert (s.connections, s.requests) == (1, 3)
+
+
+def test_a_connection_the_server_dropped_is_reopened_once(server) -> None:  # type: ignore[no-untyped-def]
+    s = server(lambda conn, i: conn.sendall(ANSWER) is None and False)  # answers, then closes
+    t = HttpTransport(s.url)
+    assert t.request("GET", "/a").body == b"ok"
+    assert t.request("GET", "/b").body == b"ok"  # the kept connection was dead: a fresh one
+    assert s.connections == 2
+
+
+def test_a_truncated_answer_is_a_transport_error(server) -> None:  # type: ignore[no-untyped-def]
+    s = server(lambda conn, i: conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b") and False)
+    with pytest.raises(TransportError, match="closed"):
+        HttpTransport(s.url).request("GET", "/")
+
+
+def test_an_oversized_answer_is_a_transport_error(server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(http_transport, "MAX_RESPONSE", 1000)
+    s = server(lambda conn, i: conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n" + b"x" * 5000) is None)
+    with pytest.raises(TransportError, match="too large"):
+        HttpTransport(s.url).request("GET", "/")
+
+
+def test_garbage_and_unreachable_servers_are_transport_errors(server) -> None:  # type: ignore[no-untyped-def]
+    s = server(lambda conn, i: conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n") and False)
+    with pytest.raises(TransportError):
+        HttpTransport(s.url).request("GET", "/")
+    s.sock.close()
+    with pytest.raises(TransportError):
+        HttpTransport(s.url).request("GET", "/")
+
+
+def test_bad_urls_are_configuration_errors() -> None:
+    from inclavare.errors import ConfigError
+
+    for url in ("ftp://x", "http://", "http://h:99999"):
+        with pytest.raises(ConfigError):
+            HttpTransport(url)
