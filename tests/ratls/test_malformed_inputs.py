@@ -204,6 +204,20 @@ def test_malformed_endorsements(value: bytes) -> None:
         parse_endorsements(value)
 
 
+def test_a_der_crl_ending_in_a_zero_byte_keeps_it() -> None:
+    """DER may end in 0x00 (an ECDSA signature's last byte, 1 time in 256): only NUL padding
+    after the encoded length goes (a regression: stripping all trailing NULs broke such CRLs)."""
+    from inclavare.ratls.endorsements import _crl
+
+    der = bytes([0x30, 0x03, 0x02, 0x01, 0x00])  # SEQUENCE { INTEGER 0 }
+    assert _crl(der, "crl") == der
+    assert _crl(der + b"\0\0", "crl") == der
+    with pytest.raises(EndorsementsError):
+        _crl(der + b"junk", "crl")
+    with pytest.raises(EndorsementsError):
+        _crl(der[:-1], "crl")
+
+
 def test_endorsements_round_trip_and_encodings(authority) -> None:  # type: ignore[no-untyped-def]
     collateral = authority.collateral()
     assert parse_endorsements(build_endorsements(collateral)) == collateral

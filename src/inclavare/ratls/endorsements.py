@@ -19,6 +19,7 @@ from typing import Any
 
 from inclavare.errors import FormatError
 from inclavare.formats.collateral import Collateral
+from inclavare.formats.der import DerReader
 from inclavare.formats.hexadecimal import decode_hex
 from inclavare.formats.pem import parse_pem_blocks
 from inclavare.ratls import cbor_subset
@@ -40,9 +41,17 @@ def _text(value: bytes, what: str) -> str:
 
 
 def _crl(value: bytes, what: str) -> bytes:
+    if value[:1] == b"\x30":
+        # raw DER: exactly the encoded object, then only NUL padding (the DER itself may end in
+        # 0x00 — a signature's last byte — so it is never stripped)
+        try:
+            _, _, _, end = DerReader(value).read_tlv(limit=len(value) + 1)
+        except FormatError as exc:
+            raise EndorsementsError(f"endorsements: {what} is not DER: {exc}") from exc
+        if value[end:].strip(b"\0"):
+            raise EndorsementsError(f"endorsements: {what} has trailing data after its DER")
+        return value[:end]
     data = value.rstrip(b"\0")
-    if data[:1] == b"\x30":
-        return data
     if data.lstrip().startswith(b"-----BEGIN"):
         try:
             blocks = parse_pem_blocks(data)
