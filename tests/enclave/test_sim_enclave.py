@@ -244,3 +244,13 @@ def test_python_launcher_plans_enclaves_itself(launchers: dict[str, str], runc_r
     claims = verify_sim_evidence(agent, r.stdout).claims
     assert claims.mr_enclave.hex() == measure(bundle, enclave_env)
     assert claims.report_data.rstrip(b"\0") == b"py"
+
+
+def test_a_registration_lists_every_field() -> None:
+    from dataclasses import fields
+
+    from inclavare.services.agent.registry import Registration, registration_from
+
+    reg = registration_from({"id": "c", "root": "/r", "runc": "/runc", "bundle": "/b", "measurement": "ab" * 32,
+                             "enclave": {"type": "sim"}, "runtime": "sim"})
+    assert set(reg.public()) == {f.name for f in fields(Registration)}

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inclavare.atomic_file import write_atomic
@@ -50,7 +50,11 @@ class Registration:
         return self.enclave.get("type", "")
 
     def public(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies, and this runs on every create
+        return {"id": self.id, "root": self.root, "runc": self.runc, "bundle": self.bundle,
+                "measurement": self.measurement, "enclave": dict(self.enclave), "runtime": self.runtime,
+                "cleanup": self.cleanup, "registered_at": self.registered_at, "init_pid": self.init_pid,
+                "init_start": self.init_start}
 
 
 def registration_key(root: str, container_id: str) -> str:
