@@ -5,13 +5,13 @@ answers and unreachable servers are typed errors."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from inclavare.services import http_transport
 from inclavare.services.http_transport import HttpTransport, TransportError
+from tests.support.loopback import serve_in_background
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
@@ -23,20 +23,11 @@ class Server:
         self.behaviour = behaviour
         self.connections = 0
         self.requests = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = serve_in_background(self._handle)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
         buf = b""
         with conn:
             while True:

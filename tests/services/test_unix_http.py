@@ -19,6 +19,7 @@ import pytest
 
 from inclavare.services.peer import Peer
 from inclavare.services.unix_http import HttpError, Limits, Request, Response, Tunnel, UnixHttpServer
+from tests.support.loopback import serve_in_background
 
 
 def _raw(path: str, data: bytes, wait: float = 5.0) -> bytes:
@@ -55,25 +56,12 @@ def _detail(answer: bytes) -> str:
 
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-
-            def pump(c: socket.socket) -> None:
-                while data := c.recv(65536):
-                    c.sendall(data)
-                c.close()
-
-            threading.Thread(target=pump, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    srv = serve_in_background(echo)
     yield int(srv.getsockname()[1])
     srv.close()
 

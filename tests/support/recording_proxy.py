@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.support.loopback import serve_in_background
+
 
 class RecordingProxy:
     """TCP proxy in front of the key broker keeping every byte that passes, both ways."""
@@ -14,19 +16,13 @@ class RecordingProxy:
         self.up = bytearray()  # node agent -> broker
         self.down = bytearray()  # broker -> node agent
         self.lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = serve_in_background(self._relay)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            for src, dst, log in ((client, server, self.up), (server, client, self.down)):
-                threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
+    def _relay(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.upstream)
+        for src, dst, log in ((client, server, self.up), (server, client, self.down)):
+            threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
 
     def _copy(self, src: socket.socket, dst: socket.socket, log: bytearray) -> None:
         try:

@@ -82,3 +82,26 @@ def write_bundle(directory: str, spec: Spec) -> str:
     write_atomic(os.path.join(directory, "config.json"), fastjson.dumps(spec).encode(),
                  mode=0o600, durable=False)
     return directory
+
+
+def process_ids(spec: Spec) -> tuple[int, int]:
+    """The container process's uid and gid (inside the container; 0 when unset)."""
+    process = spec.get("process")
+    user = process.get("user") if isinstance(process, dict) else None
+    uid, gid = (user.get("uid", 0), user.get("gid", 0)) if isinstance(user, dict) else (0, 0)
+    if not all(type(i) is int and 0 <= i < 2**32 for i in (uid, gid)):
+        raise ConfigError("process.user uid/gid in config.json must be integers")
+    return uid, gid
+
+
+def spec_mounts(spec: Spec, reserved: str, owner: str) -> list[Any]:
+    """The spec's mount list, refusing any destination at or under ``reserved`` (rune's own)."""
+    mounts = spec.setdefault("mounts", [])
+    if not isinstance(mounts, list):
+        raise ConfigError("mounts in config.json must be a list")
+    for m in mounts:
+        dest = m.get("destination") if isinstance(m, dict) else None
+        norm = os.path.normpath("/" + dest.lstrip("/")) if isinstance(dest, str) else ""
+        if norm == reserved or norm.startswith(reserved + "/"):
+            raise ConfigError(f"mount destination {dest} is reserved for {owner} ({reserved})")
+    return mounts

@@ -20,7 +20,7 @@ from inclavare.runtime import container_commands
 from inclavare.runtime.enclave_prepare import agent_socket, deregister
 from inclavare.runtime.invocation import COMMAND_VALUE_FLAGS, Invocation
 from inclavare.runtime.oci_log import RuneLog
-from inclavare.runtime.runc_process import exec_runc
+from inclavare.runtime.runc_process import exec_runc, runc_knows
 from inclavare.runtime.rune_state import ContainerRecord
 from inclavare.services.enclave_layout import ATTEST
 
@@ -114,8 +114,6 @@ def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
         raise InclavareError('"attest" requires a container id')
     record = ContainerRecord.load(inv.root, cid)
     if record is None or record.enclave is None:
-        from inclavare.runtime.runc_process import runc_knows
-
         if not runc_knows(inv.root, runc, cid):
             raise InclavareError(f"container {cid} does not exist")
         raise InclavareError(f"container {cid} is not an enclave container")

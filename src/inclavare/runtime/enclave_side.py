@@ -22,6 +22,7 @@ attests from inside the enclave itself, and a helper process beside it would be 
 from __future__ import annotations
 
 from inclavare.errors import ConfigError
+from inclavare.runtime.bundle import process_ids, spec_mounts
 from inclavare.services import enclave_layout as layout
 
 TYPE_CHECKING = False
@@ -31,33 +32,12 @@ if TYPE_CHECKING:
 _RO = ["rbind", "ro", "nosuid", "nodev"]
 
 
-def process_ids(spec: Spec) -> tuple[int, int]:
-    """The container process's uid and gid (inside the container)."""
-    process = spec.get("process")
-    user = process.get("user") if isinstance(process, dict) else None
-    uid, gid = (user.get("uid", 0), user.get("gid", 0)) if isinstance(user, dict) else (0, 0)
-    if not all(type(i) is int and 0 <= i < 2**32 for i in (uid, gid)):
-        raise ConfigError("process.user uid/gid in config.json must be integers")
-    return uid, gid
-
-
-def _mounts(spec: Spec) -> list[dict[str, object]]:
-    mounts = spec.setdefault("mounts", [])
-    if not isinstance(mounts, list):
-        raise ConfigError("mounts in config.json must be a list")
-    for m in mounts:
-        dest = m.get("destination") if isinstance(m, dict) else None
-        if isinstance(dest, str) and (dest.rstrip("/") == layout.DIR or dest.startswith(layout.DIR + "/")):
-            raise ConfigError(f"mount destination {dest} is reserved for the enclave side ({layout.DIR})")
-    return mounts
-
-
 def add_private_dir(spec: Spec) -> None:
     """The container-private tmpfs at /run/inclavare (its destination is never measured)."""
     uid, gid = process_ids(spec)
-    _mounts(spec).append({"destination": layout.DIR, "type": "tmpfs", "source": "tmpfs",
-                          "options": ["nosuid", "nodev", "noexec", "mode=0755", "size=1m",
-                                      f"uid={uid}", f"gid={gid}"]})
+    mounts = spec_mounts(spec, layout.DIR, "the enclave side")
+    mounts.append({"destination": layout.DIR, "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "noexec", "mode=0755", "size=1m", f"uid={uid}", f"gid={gid}"]})
 
 
 def add_runtime(spec: Spec, rt_dir: str, channel_dir: str) -> None:

@@ -51,6 +51,18 @@ def nodelay(sock: socket.socket) -> socket.socket:
     return sock
 
 
+def parse_origin(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an http(s) URL; ConfigError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"URL must be http://HOST[:PORT] or https://HOST[:PORT], not {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"URL has an invalid port: {url!r}") from None
+    return parts.scheme, parts.hostname, port
+
+
 def tcp_connect(host: str, port: int) -> Connect:
     return lambda timeout: nodelay(socket.create_connection((host, port), timeout=timeout))
 
@@ -60,23 +72,16 @@ class HttpTransport:
 
     def __init__(self, base_url: str, *, connect: Connect | None = None, ssl_context: Any = None,
                  timeout: float = 30.0) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"URL must be http://HOST[:PORT] or https://HOST[:PORT], not {base_url!r}")
-        try:
-            default_port = 443 if parts.scheme == "https" else 80
-            self.port = parts.port or default_port
-        except ValueError:
-            raise ConfigError(f"URL has an invalid port: {base_url!r}") from None
-        self.host = parts.hostname
+        scheme, self.host, self.port = parse_origin(base_url)
+        default_port = 443 if scheme == "https" else 80
         self.authority = self.host if self.port == default_port else f"{self.host}:{self.port}"
         if ":" in self.host:  # an IPv6 literal
             self.authority = f"[{self.host}]" + ("" if self.port == default_port else f":{self.port}")
-        self.prefix = parts.path.rstrip("/")
+        self.prefix = urlsplit(base_url).path.rstrip("/")
         self.timeout = timeout
         self._connect = connect or tcp_connect(self.host, self.port)
         self._ssl = None
-        if parts.scheme == "https":
+        if scheme == "https":
             import ssl
 
             self._ssl = ssl_context or ssl.create_default_context()

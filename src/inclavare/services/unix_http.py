@@ -145,7 +145,6 @@ class Listener:
     active: int = 0
     tunnels: int = 0
     closed: bool = False
-    context: Any = None  # whatever the owner wants to find again (e.g. a registration key)
 
 
 def error_response(exc: BaseException, log: logging.Logger) -> Response:
@@ -227,8 +226,8 @@ class UnixHttpServer:
 
     # -- listeners ------------------------------------------------------------------------
 
-    def listen(self, path: str, handle: Handler, *, name: str, mode: int = 0o600, admit: Admit = _admit_anyone,
-               context: Any = None) -> Listener:
+    def listen(self, path: str, handle: Handler, *, name: str, mode: int = 0o600,
+               admit: Admit = _admit_anyone) -> Listener:
         """Bind a unix socket at ``path`` (replacing a stale file) and serve it."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -242,13 +241,13 @@ class UnixHttpServer:
         except OSError:
             sock.close()
             raise
-        return self.adopt(sock, handle, name=name, admit=admit, path=path, context=context)
+        return self.adopt(sock, handle, name=name, admit=admit, path=path)
 
     def adopt(self, sock: socket.socket, handle: Handler, *, name: str, admit: Admit = _admit_anyone,
-              path: str = "", context: Any = None) -> Listener:
+              path: str = "") -> Listener:
         """Serve an already listening socket (e.g. one inherited from a supervisor)."""
         sock.setblocking(False)
-        listener = Listener(sock, name, handle, admit, path, context=context)
+        listener = Listener(sock, name, handle, admit, path)
         self._post("add", listener)
         return listener
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError, NotSupportedError
+from inclavare.runtime.bundle import process_ids, spec_mounts
 from inclavare.runtime.pal import container_layout as layout
 from inclavare.runtime.pal.elf_info import ElfError, read_elf
 from inclavare.runtime.pal.plugin import BUILTIN_PREFIX, runtime_target
@@ -174,14 +175,7 @@ def plan_runelet_launch(spec: dict[str, Any], *, runtime_ref: str, runtime_args:
             raise ConfigError(f"{what} must not contain NUL characters")
     rt_dir = os.path.abspath(rt_dir)
     _check_rt_dir(rt_dir)
-    mounts = spec.setdefault("mounts", [])
-    if not isinstance(mounts, list):
-        raise ConfigError("mounts in config.json must be a list")
-    for m in mounts:
-        dest = m.get("destination") if isinstance(m, dict) else None
-        norm = os.path.normpath("/" + dest.lstrip("/")) if isinstance(dest, str) else ""
-        if norm == layout.ROOT or norm.startswith(layout.ROOT + "/"):
-            raise ConfigError(f"mount destination {dest} is reserved for the runelet ({layout.ROOT})")
+    mounts = spec_mounts(spec, layout.ROOT, "the runelet")
 
     extra_mounts: list[dict[str, Any]] = []
     if "/" in runtime_ref:
@@ -199,11 +193,7 @@ def plan_runelet_launch(spec: dict[str, Any], *, runtime_ref: str, runtime_args:
         devices = tuple(getattr(cls, "required_devices", ()))
         host_mounts = tuple(getattr(cls, "required_mounts", ()))
 
-    raw_user = process.get("user")
-    user: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    if not all(type(i) is int and 0 <= i < 2**32 for i in (uid, gid)):
-        raise ConfigError("process.user uid/gid in config.json must be integers")
+    uid, gid = process_ids(spec)
     host_uid, host_gid = _host_ids(spec, uid, gid)
     config = RuneletConfig(runtime=runtime, args=runtime_args, log_level=log_level,
                            payload=Payload(tuple(args), tuple(env), cwd), socket=layout.SOCKET)

@@ -30,6 +30,7 @@ serialise on a lock. A stat index makes the common "nothing changed" case a few 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -96,8 +97,9 @@ class RtFile:
     executable: bool = False
 
 
+@functools.cache
 def _python() -> str:
-    return os.path.realpath(sys.executable)
+    return os.path.realpath(sys.executable)  # fixed for this process; asked on every create
 
 
 def _package_parent() -> str:

@@ -25,10 +25,10 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from inclavare.errors import ConfigError, NotSupportedError
+from inclavare.errors import NotSupportedError
 from inclavare.services.agent.registry import Registration, Registry
+from inclavare.services.http_transport import parse_origin, tcp_connect
 from inclavare.services.peer import Peer
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
 
@@ -44,25 +44,16 @@ class RelayTarget:
 
     @classmethod
     def parse(cls, url: str) -> RelayTarget:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"key broker URL must be http://HOST[:PORT] or https://HOST[:PORT], not {url!r}")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ConfigError(f"key broker URL has an invalid port: {url!r}") from None
-        return cls(url.rstrip("/"), parts.hostname, port)
+        _, host, port = parse_origin(url)
+        return cls(url.rstrip("/"), host, port)
 
     def connect(self, timeout: float) -> socket.socket:
+        """A TCP connection to the broker (``TCP_NODELAY``: bytes are forwarded as they come)."""
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            return tcp_connect(self.host, self.port)(timeout)
         except OSError as exc:
             raise HttpError(502, f"cannot reach the key broker at {self.host}:{self.port}: "
                                  f"{exc.strerror or exc}") from None
-        # bytes are forwarded as they come: a request's head and body may arrive in two reads,
-        # and Nagle's algorithm would hold the second for the broker's delayed ACK (~40 ms)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
 
 
 @dataclass
