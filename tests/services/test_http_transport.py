@@ -105,3 +105,22 @@ def test_bad_urls_are_configuration_errors() -> None:
     for url in ("ftp://x", "http://", "http://h:99999"):
         with pytest.raises(ConfigError):
             HttpTransport(url)
+
+
+def test_a_tunnel_carries_raw_bytes_and_a_refusal_keeps_its_answer(server) -> None:  # type: ignore[no-untyped-def]
+    from inclavare.services.http_transport import TunnelRefused
+
+    def accept_then_echo(conn: socket.socket, i: int) -> bool:
+        conn.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        conn.sendall(conn.recv(100)[::-1])
+        return False
+
+    sock = HttpTransport(server(accept_then_echo).url).tunnel("kbs:0")
+    sock.sendall(b"raw bytes")
+    assert sock.recv(100) == b"setyb war"
+    sock.close()
+    refusing = server(lambda conn, i: conn.sendall(b'HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\n\r\n{"detail":"no"}')
+                      and False)
+    with pytest.raises(TunnelRefused) as info:
+        HttpTransport(refusing.url).tunnel("kbs:0")
+    assert (info.value.response.status, info.value.response.body) == (403, b'{"detail":"no"}')

@@ -27,6 +27,14 @@ class TransportError(OSError):
     """The request could not be sent or its answer not read."""
 
 
+class TunnelRefused(TransportError):
+    """The server answered a CONNECT with something else than 200 (kept in ``response``)."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        super().__init__(f"CONNECT refused ({response.status})")
+        self.response = response
+
+
 class _Stale(Exception):
     """A kept-alive connection the server had closed before this request: try a fresh one."""
 
@@ -123,7 +131,8 @@ class HttpTransport:
         fields = [("host", self.authority), *((k, v) for k, v in headers.items())]
         if body is not None:
             fields.append(("content-length", str(len(body))))
-        out = conn.send(h11.Request(method=method, target=self.prefix + path, headers=fields)) or b""
+        target = path if method == "CONNECT" else self.prefix + path  # CONNECT takes an authority
+        out = conn.send(h11.Request(method=method, target=target, headers=fields)) or b""
         if body:
             out += conn.send(h11.Data(data=body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
@@ -152,15 +161,38 @@ class HttpTransport:
                 if size > MAX_RESPONSE:
                     raise TransportError("response too large")
                 chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                break  # PAUSED: a CONNECT was accepted, the socket now carries raw bytes
             elif isinstance(event, h11.ConnectionClosed):
                 raise TransportError("the server closed the connection mid-answer")
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if event is h11.PAUSED:
+            pass  # the caller takes the socket over
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
         else:
             self.close()
         return HttpResponse(status, response_headers, b"".join(chunks))
+
+    def tunnel(self, target: str) -> socket.socket:
+        """``CONNECT target`` on a fresh connection; the socket, carrying raw bytes from then on."""
+        self.close()
+        try:
+            sock, conn = self._open()
+            response = self._exchange(sock, conn, "CONNECT", target, None, {})
+        except _Stale:
+            self.close()
+            raise TransportError("the server closed the connection without answering") from None
+        except (OSError, h11.ProtocolError) as exc:
+            self.close()
+            raise TransportError(str(exc) or type(exc).__name__) from exc
+        if response.status != 200 or conn.their_state is not h11.SWITCHED_PROTOCOL:
+            self.close()
+            raise TunnelRefused(response)
+        if conn.trailing_data[0]:
+            self.close()
+            raise TransportError("the tunnel sent bytes before any were asked for")
+        self._sock, self._conn = None, None  # the caller owns it now
+        return sock
 
     def close(self) -> None:
         if self._sock is not None:

@@ -5,9 +5,8 @@ over report data the enclave chose) or harmless hints (where the relay goes). Se
 here in plaintext: key broker traffic goes through :meth:`HostChannel.tunnel`, an opaque byte
 pipe the host only copies.
 
-HTTP is spoken with h11 (which the agent's server already loads): the agent's start-up is paid
-by a workload's first request, and ``http.client`` with ``ssl`` and ``email`` would add ~20 ms to
-it; they load only when a key broker is first used.
+Requests go through the same :class:`~inclavare.services.http_transport.HttpTransport` the key
+broker client uses (h11, which the agent's server already loads), over the unix socket.
 """
 
 from __future__ import annotations
@@ -17,17 +16,28 @@ import binascii
 import socket
 from typing import Any
 
-import h11
-
 from inclavare import fastjson
 from inclavare.errors import InclavareError
 from inclavare.services.enclave_layout import HOST_SOCKET
-
-MAX_ANSWER = 4 << 20
+from inclavare.services.http_transport import Connect, HttpTransport, TransportError, TunnelRefused
 
 
 class HostChannelError(InclavareError):
     """The node agent refused or could not be reached."""
+
+
+def unix_connect(path: str) -> Connect:
+    def connect(timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return connect
 
 
 def _detail(body: bytes) -> str:
@@ -45,54 +55,24 @@ class HostChannel:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _exchange(self, method: str, target: str, body: bytes = b"",
-                  timeout: float | None = None) -> tuple[int, bytes, socket.socket]:
-        """One request; returns the status, the body and the (still open) socket."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout if timeout is None else timeout)
-        try:
-            sock.connect(self.socket_path)
-            conn = h11.Connection(h11.CLIENT)
-            headers = [("host", "inclavare-host")]
-            if method != "CONNECT":
-                headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-            out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
-            if body:
-                out += conn.send(h11.Data(data=body)) or b""
-            out += conn.send(h11.EndOfMessage()) or b""
-            sock.sendall(out)
-            status, chunks, size = 0, [], 0
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > MAX_ANSWER:
-                        raise HostChannelError(f"the node agent's answer to {target} is too large")
-                    chunks.append(bytes(event.data))
-                elif event is h11.PAUSED:  # a CONNECT was accepted: the socket now carries raw bytes
-                    if conn.trailing_data[0]:
-                        raise HostChannelError("the node agent's relay sent bytes before any were asked for")
-                    break
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
-            return status, b"".join(chunks), sock
-        except (OSError, h11.ProtocolError) as exc:
-            sock.close()
-            raise HostChannelError(f"the node agent is not reachable at {self.socket_path}: {exc}") from None
-        except BaseException:
-            sock.close()
-            raise
+    def _transport(self, timeout: float | None = None) -> HttpTransport:
+        # one per call: the agent asks from several threads, and the node agent closes after
+        # each answer anyway
+        return HttpTransport("http://inclavare-host", connect=unix_connect(self.socket_path),
+                             timeout=self.timeout if timeout is None else timeout)
 
     def _call(self, method: str, target: str, body: Any = None) -> bytes:
-        status, data, sock = self._exchange(method, target, b"" if body is None else fastjson.dumps(body).encode())
-        sock.close()
-        if status != 200:
-            raise HostChannelError(f"the node agent refused {target} ({status}): {_detail(data)}")
-        return data
+        transport = self._transport()
+        try:
+            resp = transport.request(method, target, None if body is None else fastjson.dumps(body).encode(),
+                                     {"content-type": "application/json"} if body is not None else None)
+        except TransportError as exc:
+            raise HostChannelError(f"the node agent is not reachable at {self.socket_path}: {exc}") from None
+        finally:
+            transport.close()
+        if resp.status != 200:
+            raise HostChannelError(f"the node agent refused {target} ({resp.status}): {_detail(resp.body)}")
+        return resp.body
 
     def _json(self, method: str, target: str, body: Any = None) -> Any:
         try:
@@ -125,8 +105,10 @@ class HostChannel:
 
     def tunnel(self, timeout: float) -> socket.socket:
         """A byte pipe to the node's key broker through the host (``CONNECT kbs``)."""
-        status, data, sock = self._exchange("CONNECT", "kbs:0", timeout=timeout)
-        if status != 200:
-            sock.close()
-            raise HostChannelError(f"the node agent's relay refused ({status}): {_detail(data)}")
-        return sock
+        try:
+            return self._transport(timeout).tunnel("kbs:0")
+        except TunnelRefused as exc:
+            raise HostChannelError(f"the node agent's relay refused ({exc.response.status}): "
+                                   f"{_detail(exc.response.body)}") from None
+        except TransportError as exc:
+            raise HostChannelError(f"the node agent's relay is not reachable at {self.socket_path}: {exc}") from None
