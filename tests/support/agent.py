@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -29,14 +30,17 @@ class AgentProcess:
                 "INCLAVARE_RUNE_STATE": str(self.work / "rune-state"),
                 "INCLAVARE_RUNELET_DIR": str(self.work / "runelet")}
 
-    def start(self, timeout: float = 60) -> "AgentProcess":
+    def start(self, timeout: float = 60, nofile: int | None = None) -> "AgentProcess":
+        """``nofile``: the agent's descriptor limit (soft and hard), to make exhaustion reachable."""
         cmd = [str(Path(sys.executable).parent / "inclavare"), "agent", "serve",
                "--state-dir", str(self.state_dir), "--socket", self.socket]
         if self.kbs_url:
             cmd += ["--kbs-url", self.kbs_url]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **self.env})
+                                         env={**os.environ, **self.env},
+                                         preexec_fn=None if nofile is None else lambda: resource.setrlimit(
+                                             resource.RLIMIT_NOFILE, (nofile, nofile)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

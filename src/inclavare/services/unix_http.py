@@ -37,15 +37,13 @@ import h11
 
 from inclavare import fastjson
 from inclavare.errors import AgentError, ConfigError, FormatError, InclavareError, KbsError, NotSupportedError
+from inclavare.formats.strict_json import loads_strict
 from inclavare.services.peer import Peer, identify
 
 REASONS = {200: b"OK", 201: b"Created", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
            405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large",
            431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
            502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
-_BUSY_BODY = b'{"detail": "too many connections; try again shortly"}'
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-         b"content-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 class HttpError(InclavareError):
@@ -71,6 +69,8 @@ class Limits:
     max_body: int = 1 << 20
     tunnel_idle: float = 60.0  # a tunnel with no byte either way for this long is closed
     tunnel_connect: float = 10.0  # to reach a tunnel's destination
+    max_lingering: int = 32  # refused connections kept open so their clients can read the answer
+    linger: float = 1.0  # for at most this long
 
 
 @dataclass
@@ -99,12 +99,14 @@ class Request:
         return out
 
     def json(self) -> Any:
+        """The body as JSON, parsed as strictly as serde_json: UTF-8 only, no NaN/Infinity, no
+        repeated keys (a body two parsers read differently is refused, not guessed at)."""
         if not self.body:
             return None
         try:
-            return fastjson.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise HttpError(400, "request body is not valid JSON") from None
+            return loads_strict(self.body, "request body")
+        except FormatError as exc:
+            raise HttpError(400, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ def error_response(exc: BaseException, log: logging.Logger) -> Response:
     return Response.json(500, {"detail": f"internal error: {type(exc).__name__}"})
 
 
+BACKLOG = 1024  # connections waiting to be accepted (the kernel caps it at net.core.somaxconn)
+ACCEPT_BATCH = 64  # accepted per wake-up: a flood is refused in bulk, between everyone else's calls
 PUMP_BUFFER = 1 << 18  # bytes buffered per tunnel direction before reading from that side pauses
 
 
@@ -186,6 +190,22 @@ def _bind_unix(sock: socket.socket, path: str) -> None:
         sock.bind(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
     finally:
         os.close(dirfd)
+
+
+def _answer_bytes(status: int, detail: str) -> bytes:
+    body = fastjson.dumps({"detail": detail}).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, REASONS.get(status, b"Error"), len(body), body))
+
+
+@dataclass(eq=False)
+class _Lingering:
+    """A refused connection whose answer is written: what the client still sends is read and
+    dropped until it closes, so its own write does not fail and it reads the answer."""
+
+    conn: socket.socket
+    until: float
+    budget: int = 1 << 16
 
 
 class _Deadline(Exception):
@@ -223,6 +243,7 @@ class UnixHttpServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[tuple[str, Listener]] = []
+        self._lingering: set[_Lingering] = set()
 
     # -- listeners ------------------------------------------------------------------------
 
@@ -237,7 +258,7 @@ class UnixHttpServer:
                 pass
             _bind_unix(sock, path)
             os.chmod(path, mode)
-            sock.listen(128)
+            sock.listen(BACKLOG)
         except OSError:
             sock.close()
             raise
@@ -299,46 +320,110 @@ class UnixHttpServer:
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=1.0):
+            for key, _ in self._sel.select(timeout=0.25 if self._lingering else 1.0):
                 if key.data is None:
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
-                    continue
-                self._accept(key.data)
+                elif isinstance(key.data, _Lingering):
+                    self._drain_refused(key.data)
+                else:
+                    for _ in range(ACCEPT_BATCH):
+                        if not self._accept(key.data):
+                            break
             self._apply_pending()
+            self._expire_refused()
         for key in list(self._sel.get_map().values()):
-            if key.data is not None:
+            if isinstance(key.data, Listener):
                 key.data.sock.close()
+        for item in list(self._lingering):
+            self._end_refused(item)
 
-    def _accept(self, listener: Listener) -> None:
+    # -- refusals (answered by the accept loop itself) ------------------------------------
+
+    def _refuse(self, conn: socket.socket, status: int, detail: str) -> None:
+        """Answer at once, without a worker: one non-blocking write. The connection then lingers
+        (bounded in number and time) so the client can finish sending and read the answer; when
+        too many linger, it is closed at once (the client may then see a reset)."""
+        try:
+            conn.setblocking(False)
+            conn.send(_answer_bytes(status, detail))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        if len(self._lingering) >= self.limits.max_lingering:
+            conn.close()
+            return
+        item = _Lingering(conn, time.monotonic() + self.limits.linger)
+        self._lingering.add(item)
+        self._sel.register(conn, selectors.EVENT_READ, item)
+        self._drain_refused(item)
+
+    def _drain_refused(self, item: _Lingering) -> None:
+        try:
+            while item.budget > 0:
+                data = item.conn.recv(65536)
+                if not data:
+                    break
+                item.budget -= len(data)
+            else:
+                self._end_refused(item)
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._end_refused(item)
+
+    def _expire_refused(self) -> None:
+        if self._lingering:
+            now = time.monotonic()
+            for item in [i for i in self._lingering if i.until <= now]:
+                self._end_refused(item)
+
+    def _end_refused(self, item: _Lingering) -> None:
+        self._lingering.discard(item)
+        try:
+            self._sel.unregister(item.conn)
+        except (KeyError, ValueError):
+            pass
+        item.conn.close()
+
+    def _accept(self, listener: Listener) -> bool:
+        """Accept one connection and decide on it here, in O(1): a caller that is not admitted, or
+        one over a cap, is answered at once and never holds a slot, a worker or a lock. False
+        when there was nothing to accept."""
         try:
             conn, _ = listener.sock.accept()
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:  # EMFILE and friends: keep serving the others
             self.log.warning("%s: accept failed: %s", listener.name, exc)
             time.sleep(0.05)
-            return
+            return False
+        try:
+            peer = identify(conn)
+            listener.admit(peer)
+        except HttpError as exc:
+            self._refuse(conn, exc.status, exc.detail)
+            return True
+        except Exception as exc:  # a failing admission check refuses; it never crashes the loop
+            self.log.error("%s: admission check failed: %s: %s", listener.name, type(exc).__name__, exc)
+            self._refuse(conn, 500, "internal error while identifying the caller")
+            return True
         with self._lock:
             busy = self._active >= self.limits.max_connections or listener.active >= self.limits.per_listener
             if not busy:
                 self._active += 1
                 listener.active += 1
-        if busy:  # answered here without blocking the accept loop
-            try:
-                conn.setblocking(False)
-                conn.send(_BUSY)
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(65536):  # what already arrived: unread data would reset the client
-                    pass
-            except OSError:
-                pass
-            conn.close()
-            return
+        if busy:
+            self._refuse(conn, 503, "too many connections; try again shortly")
+            return True
         conn.setblocking(True)
-        self._pool.submit(self._serve, conn, listener)
+        self._pool.submit(self._serve, conn, listener, peer)
+        return True
 
     def _release(self, listener: Listener) -> None:
         with self._lock:
@@ -347,22 +432,21 @@ class UnixHttpServer:
 
     # -- one connection -------------------------------------------------------------------
 
-    def _serve(self, conn: socket.socket, listener: Listener) -> None:
+    def _serve(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> None:
         handed_over = False
         try:
-            handed_over = self._exchange(conn, listener)
-        except Exception:  # a bug here must not kill the worker thread
-            self.log.exception("%s: connection failed", listener.name)
+            handed_over = self._exchange(conn, listener, peer)
+        except Exception as exc:  # a bug here must not kill the worker thread
+            self.log.error("%s: connection failed: %s: %s", listener.name, type(exc).__name__, exc)
+            self.log.debug("connection failed", exc_info=exc)
         finally:
             if not handed_over:
                 conn.close()
             self._release(listener)
 
-    def _exchange(self, conn: socket.socket, listener: Listener) -> bool:
+    def _exchange(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> bool:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
         try:
-            peer = identify(conn)
-            listener.admit(peer)
             request = self._read_request(conn, h, listener, peer)
             if request is None:
                 return False

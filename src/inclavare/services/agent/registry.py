@@ -21,7 +21,7 @@ from typing import Any
 
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import AgentError, ConfigError
-from inclavare.services.peer import Namespaces, namespaces_of, start_time
+from inclavare.services.peer import Namespaces, namespaces_of
 
 RESOLVE_INTERVAL = 0.5  # at most one `runc state` per container per this many seconds
 GC_GRACE = 30.0  # a registration younger than this is never collected (its create may be under way)
@@ -90,6 +90,29 @@ def registration_from(doc: Any) -> Registration:
     return Registration(id=doc["id"], root=os.path.abspath(doc["root"]), runc=doc["runc"],
                         bundle=doc["bundle"], measurement=doc["measurement"].lower(),
                         enclave=dict(doc["enclave"]), runtime=doc["runtime"], cleanup=cleanup)
+
+
+RUNC_STATE_MAX = 1 << 20  # runc's state.json holds the container's config: a few KiB to a few hundred
+
+
+def runc_init_process(root: str, container_id: str) -> tuple[int, int]:
+    """The init pid and start time (clock ticks) runc recorded for a container, or (0, 0).
+
+    Read from runc's ``state.json`` rather than by running ``runc state``: a file read costs
+    microseconds and cannot be multiplied into process spawns by whoever sends requests."""
+    try:
+        with open(os.path.join(root, container_id, "state.json"), "rb") as f:
+            data = f.read(RUNC_STATE_MAX + 1)
+        if len(data) > RUNC_STATE_MAX:
+            return 0, 0
+        state = json.loads(data)
+    except (OSError, ValueError):
+        return 0, 0
+    pid = state.get("init_process_pid") if isinstance(state, dict) else None
+    started = state.get("init_process_start") if isinstance(state, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(started, int):
+        return 0, 0
+    return pid, started
 
 
 def _remove_rune_state(path: str) -> None:
@@ -167,8 +190,9 @@ class Registry:
         """The namespaces of the container's init process, or None while it does not run.
 
         The recorded init is trusted only while it is alive with its recorded start time; else
-        runc is asked again (at most every RESOLVE_INTERVAL seconds per container, so callers
-        cannot make the agent run runc in a loop)."""
+        runc's own record of the container (``<root>/<id>/state.json``) is read again, at most
+        every RESOLVE_INTERVAL seconds per container. This runs for every caller, identified or
+        not, so it never starts a process (no ``runc state``) and holds the lock only to count."""
         reg = self._items.get(key)
         if reg is None:
             return None
@@ -181,16 +205,12 @@ class Registry:
             if now - self._last_resolve.get(key, -RESOLVE_INTERVAL) < RESOLVE_INTERVAL:
                 return None
             self._last_resolve[key] = now
-        pid = self._runc_pid(reg)
+        pid, started = runc_init_process(reg.root, reg.id)
         if pid <= 0:
-            return None
-        try:
-            started = start_time(pid)
-        except (OSError, ValueError):
             return None
         ns = namespaces_of(pid, started)
         if ns is None:
-            return None
+            return None  # exited, or the pid now belongs to another process
         with self._lock:
             if self._items.get(key) is reg:
                 resolved = replace(reg, init_pid=pid, init_start=started)

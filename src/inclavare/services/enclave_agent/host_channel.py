@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
+import time
 from typing import Any
 
 from inclavare import fastjson
@@ -27,15 +28,30 @@ class HostChannelError(InclavareError):
 
 
 def unix_connect(path: str) -> Connect:
+    """Connect to a unix socket, waiting (up to ``timeout``) while its backlog is full.
+
+    A unix socket answers ``EAGAIN`` at once when connections wait unaccepted; another local
+    user flooding the channel can cause exactly that. The node agent refuses such a caller in
+    microseconds, so a retry a few milliseconds later gets in."""
+
     def connect(timeout: float) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+            except OSError:
+                sock.close()
+                raise
 
     return connect
 
