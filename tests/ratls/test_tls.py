@@ -14,7 +14,7 @@ from OpenSSL import SSL
 from inclavare.errors import VerificationError
 from inclavare.ratls import aio
 from inclavare.ratls.attester import SimAuthorityAttester
-from inclavare.ratls.certificate import NotAnRatlsCertificate
+from inclavare.ratls.certificate import IssuerNotTrusted, NotAnRatlsCertificate
 from inclavare.ratls.issue import RatlsCredentials, issue_certificate
 from inclavare.ratls.policy import PolicyMismatch
 from inclavare.ratls.tls import (
@@ -24,7 +24,14 @@ from inclavare.ratls.tls import (
     server_context,
     wrap_server,
 )
-from tests.ratls.conftest import MR_A, MR_B, VerifierFactory, build_certificate
+from tests.ratls.conftest import (
+    MR_A,
+    MR_B,
+    VerifierFactory,
+    build_certificate,
+    endorsed_certificate,
+    make_ca,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,6 +131,23 @@ def test_client_refuses_wrong_measurement_and_plain_certificate(
         with pytest.raises(error):
             connect("127.0.0.1", server.port, client_context(make_verifier()))
         assert server.received == []
+
+
+def test_endorsed_server_certificate_needs_its_issuer_ca(
+        attester_a: SimAuthorityAttester, make_verifier: VerifierFactory,
+        servers: list[EchoServer]) -> None:
+    ca, ca_key = make_ca("Tenant RA-TLS CA")
+    server = EchoServer(server_context(RatlsCredentials(*endorsed_certificate(attester_a, ca, ca_key))))
+    servers.append(server)
+    with pytest.raises(IssuerNotTrusted):
+        connect("127.0.0.1", server.port, client_context(make_verifier()))
+    conn, verdict = connect("127.0.0.1", server.port,
+                            client_context(make_verifier(mr_enclave=(MR_A,), issuer_cas=(ca,))))
+    assert verdict.claims["mr_enclave"] == MR_A.hex()
+    conn.sendall(b"endorsed")
+    assert conn.recv(10) == b"desrodne"
+    conn.close()
+    assert server.received == [b"endorsed"]
 
 
 def test_server_refuses_unverified_clients_before_any_data(

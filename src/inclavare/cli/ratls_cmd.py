@@ -3,7 +3,7 @@
     inclavare ratls serve   --listen HOST:PORT --forward HOST:PORT [--mutual] …
     inclavare ratls connect --listen HOST:PORT --connect HOST:PORT [--mutual] …
     inclavare ratls issue   --cert-out FILE --key-out FILE …
-    inclavare ratls inspect CERT.pem [--json]
+    inclavare ratls inspect CERT.pem [--json] [--issuer-ca PEM]
     inclavare ratls verify  CERT.pem [--json] …
 """
 
@@ -48,6 +48,7 @@ def _verification_options(parser: argparse.ArgumentParser) -> None:
                        help="DCAP collateral (dcap-qvl QuoteCollateralV3 JSON). Repeatable.")
     group.add_argument("--no-endorsements", action="store_true",
                        help="ignore collateral embedded in the peer's certificate")
+    _issuer_ca_option(group)
     group.add_argument("--policy", metavar="JSON", help="policy file (see docs/ratls.md)")
     group.add_argument("--mr-enclave", metavar="HEX", action="append", default=[],
                        help="expected MRENCLAVE (repeatable: any of them)")
@@ -59,6 +60,13 @@ def _verification_options(parser: argparse.ArgumentParser) -> None:
                        help="TCB status to accept (repeatable; default UpToDate)")
     group.add_argument("--insecure-any-enclave", action="store_true",
                        help="accept any genuine enclave (no identity pinned)")
+
+
+def _issuer_ca_option(group: Any) -> None:
+    group.add_argument("--issuer-ca", metavar="PEM", action="append", default=[],
+                       help="CA certificate(s) that may issue (endorse) RA-TLS certificates; "
+                            "without it only certificates signed by their own key are "
+                            "accepted. Repeatable.")
 
 
 def add_parser(sub: Any) -> None:
@@ -94,6 +102,7 @@ def add_parser(sub: Any) -> None:
     inspect = commands.add_parser("inspect", help="show an RA-TLS certificate's evidence and claims")
     inspect.add_argument("certificate", metavar="CERT")
     inspect.add_argument("--json", action="store_true")
+    _issuer_ca_option(inspect)
     inspect.set_defaults(handler=_inspect)
 
     verify = commands.add_parser("verify", help="verify an RA-TLS certificate")
@@ -160,6 +169,13 @@ def _hex(text: str, size: int, what: str) -> bytes:
     return value
 
 
+def _issuer_cas(args: argparse.Namespace) -> tuple[Any, ...]:
+    from inclavare.ratls.issuers import IssuerCa
+
+    return tuple(ca for path in args.issuer_ca
+                 for ca in IssuerCa.load_pem(_read(path, "issuer CA"), f"issuer CA {path}"))
+
+
 def _verifier(args: argparse.Namespace) -> Any:
     from cryptography import x509
 
@@ -203,7 +219,8 @@ def _verifier(args: argparse.Namespace) -> Any:
         document["insecure_any_enclave"] = True
     policy = RatlsPolicy.from_mapping(document)
     trust = TrustConfig(sgx_root_cas=tuple(roots), collateral=tuple(collateral))
-    return RatlsVerifier(policy, trust, use_endorsements=not args.no_endorsements)
+    return RatlsVerifier(policy, trust, use_endorsements=not args.no_endorsements,
+                         issuer_cas=_issuer_cas(args))
 
 
 def _run_relay(coroutine: Any) -> int:
@@ -267,7 +284,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from inclavare.ratls.inspection import describe_certificate
 
-    description = describe_certificate(_read(args.certificate, "certificate"))
+    description = describe_certificate(_read(args.certificate, "certificate"), _issuer_cas(args))
     if args.json:
         print(json.dumps(description, indent=2))
         return 0

@@ -1,7 +1,12 @@
 """Reading RA-TLS certificates: where the evidence is, what it claims, which key it binds.
 
-Accepted layouts (all self-signed X.509 v3; the evidence extension is non-critical, as OpenSSL
-and mbedTLS refuse unknown critical extensions):
+A certificate is accepted only when both the project's strict DER reader
+(:class:`~inclavare.formats.x509_view.CertificateView`) and ``cryptography`` parse it, and its
+signature verifies with its own key — or, for an endorsed certificate, with the key of a
+configured issuer CA that it names (:mod:`.issuers`).
+
+Accepted layouts (self-signed X.509 v3; the evidence extension is non-critical, as OpenSSL and
+mbedTLS refuse unknown critical extensions):
 
 * **Interoperable RA-TLS / TCG DICE** (Gramine ≥ 1.8, Intel SGX SDK, rats-tls): extension
   2.23.133.5.4.9 holding ``tag([quote-or-report, claims-buffer])``; report data =
@@ -23,14 +28,18 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from inclavare.crypto.signatures import verify_signed_data
 from inclavare.errors import FormatError, SignatureError, VerificationError
-from inclavare.formats.der import SEQUENCE, encode_oid, encode_tlv
+from inclavare.formats.der import BIT_STRING, SEQUENCE, DerReader, encode_oid, encode_sequence, encode_tlv
 from inclavare.formats.pem import parse_pem_blocks
-from inclavare.formats.x509_view import CertificateView
+from inclavare.formats.x509_view import CertificateView, SignedData
 from inclavare.ratls import cbor_subset
 from inclavare.ratls.cbor_subset import CborError, Tagged
 from inclavare.ratls.claims import Claims, parse_claims
+from inclavare.ratls.issuers import IssuerCa
 
 OID_TCG_DICE_EVIDENCE = "2.23.133.5.4.9"
 OID_TCG_DICE_ENDORSEMENTS = "2.23.133.5.4.2"
@@ -74,6 +83,11 @@ class NotAnRatlsCertificate(RatlsCertificateError):
     """The certificate carries no RA-TLS evidence (a plain certificate)."""
 
 
+class IssuerNotTrusted(RatlsCertificateError):
+    """The signature verifies neither with the certificate's own key nor with a configured
+    issuer CA."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """One piece of evidence found in a certificate. ``data`` is the quote or report;
@@ -107,9 +121,14 @@ class RatlsCertificate:
     der: bytes
     view: CertificateView
     spki_der: bytes
-    self_signed: bool
+    issuer_ca: IssuerCa | None  # None: signed by its own key
     evidence: tuple[Evidence, ...]
     endorsements: bytes | None
+
+    @property
+    def self_signed(self) -> bool:
+        """Signed by its own key (whatever the issuer field says)."""
+        return self.issuer_ca is None
 
     @property
     def primary(self) -> Evidence:
@@ -148,12 +167,75 @@ def _dice_evidence(value: bytes) -> Evidence:
     return Evidence(SOURCE_DICE, OID_TCG_DICE_EVIDENCE, item.tag, data, claims)
 
 
-def _check_self_signature(view: CertificateView) -> None:
-    algorithm = _ECDSA_WITH_NULL.get(view.signed.algorithm, view.signed.algorithm)
+def _signature_error(spki: bytes, signed: SignedData) -> SignatureError | None:
+    """Why the key in ``spki`` did not sign ``signed`` (None when it did)."""
+    algorithm = _ECDSA_WITH_NULL.get(signed.algorithm, signed.algorithm)
     try:
-        verify_signed_data(view.spki, algorithm, view.signed.data, view.signed.signature)
+        verify_signed_data(spki, algorithm, signed.data, signed.signature)
     except SignatureError as exc:
-        raise RatlsCertificateError(f"the certificate's self-signature does not verify: {exc}") from exc
+        return exc
+    return None
+
+
+def _check_signer(view: CertificateView, issuer_text: str,
+                  issuers: tuple[IssuerCa, ...]) -> IssuerCa | None:
+    """None when the certificate's own key signed it (whatever its issuer field says), else
+    the configured CA, named by the issuer field, whose key did; IssuerNotTrusted otherwise."""
+    own = _signature_error(view.spki, view.signed)
+    if own is None:
+        return None
+    if view.issuer == view.subject:
+        raise IssuerNotTrusted(f"the certificate's self-signature does not verify: {own}")
+    named = [ca for ca in issuers if ca.view.subject == view.issuer]
+    for ca in named:
+        if _signature_error(ca.view.spki, view.signed) is None:
+            return ca
+    if named:
+        raise IssuerNotTrusted(f"the certificate's signature does not verify with the "
+                               f"configured issuer CA {named[0].name!r}")
+    state = "no issuer CA is configured" if not issuers else "it is not a configured issuer CA"
+    raise IssuerNotTrusted(f"the certificate is not signed by its own key and names the issuer "
+                           f"{issuer_text!r}, but {state}: to accept RA-TLS certificates endorsed "
+                           f"by that CA, configure it (--issuer-ca PEM)")
+
+
+def _as_cryptography_reads_it(view: CertificateView) -> bytes:
+    """The certificate with mbedTLS's NULL-parameter ECDSA identifiers written as RFC 5758
+    says (absent), the one deviation ``cryptography`` refuses that RA-TLS producers make; the
+    same bytes otherwise."""
+    plain = _ECDSA_WITH_NULL.get(view.signed.algorithm)
+    if plain is None:
+        return view.der
+    tbs = view.signed.data
+    fields = DerReader(tbs).nested(SEQUENCE, "TBS certificate")
+    fields.read_tlv()  # version
+    fields.read_tlv()  # serial number
+    _, start, _, end = fields.read_tlv()  # signature algorithm (checked equal to the outer one)
+    inner = DerReader(tbs).nested(SEQUENCE, "TBS certificate")
+    content = tbs[inner.pos:start] + encode_tlv(SEQUENCE, plain) + tbs[end:]
+    return encode_sequence(encode_tlv(SEQUENCE, content), encode_tlv(SEQUENCE, plain),
+                           encode_tlv(BIT_STRING, b"\0" + view.signed.signature))
+
+
+def _cryptography_parse(view: CertificateView) -> x509.Certificate:
+    """The certificate as ``cryptography`` reads it, all fields decoded, or
+    RatlsCertificateError: what a mainstream X.509 parser refuses is refused here too."""
+    if view.serial[0] & 0x80 or not view.serial.strip(b"\0"):
+        raise RatlsCertificateError("malformed certificate: the serial number is not positive "
+                                    "(RFC 5280)")
+    try:
+        cert = x509.load_der_x509_certificate(_as_cryptography_reads_it(view))
+        cert.issuer.rfc4514_string()
+        cert.subject.rfc4514_string()
+        cert.public_key()
+        for _ in cert.extensions:
+            pass
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType, FormatError) as exc:
+        raise RatlsCertificateError(f"malformed certificate (refused by cryptography): "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                    ) from exc
+    return cert
 
 
 def certificate_der(data: bytes) -> bytes:
@@ -172,10 +254,11 @@ def certificate_der(data: bytes) -> bytes:
     return raw
 
 
-def parse_ratls_certificate(data: bytes) -> RatlsCertificate:
-    """Parse a certificate and its RA-TLS evidence. RatlsCertificateError when malformed (a
-    self-signed certificate must carry a valid self-signature), NotAnRatlsCertificate when it
-    carries no evidence."""
+def parse_ratls_certificate(data: bytes, issuers: tuple[IssuerCa, ...] = ()) -> RatlsCertificate:
+    """Parse a certificate and its RA-TLS evidence. RatlsCertificateError when malformed (for
+    the strict DER reader or for ``cryptography``) or when its signature verifies neither with
+    its own key nor with one of ``issuers`` that it names (IssuerNotTrusted);
+    NotAnRatlsCertificate when it carries no evidence."""
     der = certificate_der(data)
     if len(der) > MAX_CERTIFICATE_SIZE:
         raise RatlsCertificateError("certificate is larger than 64 KiB")
@@ -183,9 +266,7 @@ def parse_ratls_certificate(data: bytes) -> RatlsCertificate:
         view = CertificateView.parse(der)
     except FormatError as exc:
         raise RatlsCertificateError(f"malformed certificate: {exc}") from exc
-    self_signed = view.issuer == view.subject
-    if self_signed:
-        _check_self_signature(view)
+    issuer_ca = _check_signer(view, _cryptography_parse(view).issuer.rfc4514_string(), issuers)
     found: list[Evidence] = []
     try:
         dice = view.extension(_OID_DICE)
@@ -208,7 +289,7 @@ def parse_ratls_certificate(data: bytes) -> RatlsCertificate:
     if not found:
         raise NotAnRatlsCertificate("the certificate carries no RA-TLS evidence (a plain "
                                     "certificate)")
-    return RatlsCertificate(der, view, encode_tlv(SEQUENCE, view.spki), self_signed, tuple(found),
+    return RatlsCertificate(der, view, encode_tlv(SEQUENCE, view.spki), issuer_ca, tuple(found),
                             endorsements.value if endorsements is not None else None)
 
 

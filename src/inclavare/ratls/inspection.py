@@ -3,7 +3,8 @@
 :func:`describe_certificate` reports what a certificate claims — evidence format and type, the
 claims (bytes as hex), the enclave identity in the quote — and whether the public-key binding
 holds (``pubkey_bound``): the claims name the certificate's key *and* the evidence's report data
-is the hash that binds them. It does not verify signatures on the evidence or any collateral;
+is the hash that binds them. It checks the certificate's own signature (as the parser always does) but not the
+signatures on the evidence or any collateral;
 that is :class:`~inclavare.ratls.verifier.RatlsVerifier`'s job. A malformed certificate raises
 the typed parse error; a certificate whose key does not match its evidence is reported unbound.
 """
@@ -26,6 +27,7 @@ from inclavare.ratls.certificate import (
     parse_ratls_certificate,
     report_data_matches,
 )
+from inclavare.ratls.issuers import IssuerCa
 
 
 def _time(seconds: int) -> str:
@@ -82,10 +84,11 @@ def _evidence_summary(cert: RatlsCertificate, evidence: Evidence) -> dict[str, A
     return out
 
 
-def describe_certificate(data: bytes) -> dict[str, Any]:
+def describe_certificate(data: bytes, issuers: tuple[IssuerCa, ...] = ()) -> dict[str, Any]:
     """JSON-ready description; top-level ``evidence_type``, ``claims`` and ``pubkey_bound``
-    describe the evidence a verifier would use (the DICE extension when present)."""
-    cert = parse_ratls_certificate(data)
+    describe the evidence a verifier would use (the DICE extension when present). An endorsed
+    certificate is described only when its issuer is among ``issuers``."""
+    cert = parse_ratls_certificate(data, issuers)
     evidence = [_evidence_summary(cert, e) for e in cert.evidence]
     primary = evidence[0]
     return {
@@ -97,6 +100,7 @@ def describe_certificate(data: bytes) -> dict[str, Any]:
         "certificate": {
             "sha256": cert.sha256.hex(),
             "self_signed": cert.self_signed,
+            "issuer_ca": cert.issuer_ca.name if cert.issuer_ca is not None else None,
             "not_before": _time(cert.view.not_before),
             "not_after": _time(cert.view.not_after),
             "spki_sha256": hashlib.sha256(cert.spki_der).hexdigest(),

@@ -1,8 +1,9 @@
 """Verify an RA-TLS certificate: the evidence is genuine, binds the certificate's key, and the
 policy accepts what it attests.
 
-Steps, in order: parse the certificate and find its evidence (:mod:`.certificate`); check the
-certificate's validity window; check that the claims' ``pubkey-hash`` names the certificate's
+Steps, in order: parse the certificate, check its signature (its own key's, or a configured
+issuer CA's for an endorsed certificate) and find its evidence (:mod:`.certificate`); check the
+certificate's validity window (and the issuer CA's); check that the claims' ``pubkey-hash`` names the certificate's
 key and that the evidence's report data is ``SHA-256(claims)`` (or ``SHA-256(SPKI)`` for the
 legacy layouts); verify the evidence with the project's verifiers — DCAP quotes against the
 configured trust anchors with collateral from the configuration and, when present and allowed,
@@ -41,6 +42,7 @@ from inclavare.ratls.certificate import (
 )
 from inclavare.ratls.claims import PublicKeyNotBound
 from inclavare.ratls.endorsements import parse_endorsements
+from inclavare.ratls.issuers import IssuerCa
 from inclavare.ratls.policy import RatlsPolicy
 from inclavare.verify.dcap import MalformedQuote, verify_quote
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, select_collateral, verify_evidence
@@ -117,17 +119,21 @@ class RatlsVerifier:
     ``trust``: trust anchors and collateral (Intel's root and no collateral by default, so DCAP
     evidence needs collateral from a file or from the certificate). ``use_endorsements``: accept
     collateral from the peer's endorsements extension (it must still chain to the anchors).
-    Thread-safe; one instance serves many connections and shares its cache among them.
+    ``issuer_cas``: CAs whose endorsed (CA-signed) RA-TLS certificates are accepted; without
+    them only certificates signed by their own key are. Thread-safe; one instance serves many connections and shares its cache among them.
     """
 
     def __init__(self, policy: RatlsPolicy, trust: TrustConfig | None = None, *,
                  use_endorsements: bool = True, clock: Clock = _utcnow,
-                 cache_size: int = 256) -> None:
+                 cache_size: int = 256, issuer_cas: tuple[IssuerCa, ...] = ()) -> None:
         if not isinstance(policy, RatlsPolicy):
             raise TypeError("policy must be a RatlsPolicy")
         self.policy = policy
         self.trust = trust if trust is not None else TrustConfig()
         self.use_endorsements = use_endorsements
+        if not all(isinstance(ca, IssuerCa) for ca in issuer_cas):
+            raise TypeError("issuer_cas must be IssuerCa values")
+        self.issuer_cas = tuple(issuer_cas)
         self.clock = clock
         self._cache: Memo[tuple[bytes, tuple[Collateral, ...]], _Cached] = Memo("ratls-verdicts",
                                                                               cache_size)
@@ -142,8 +148,8 @@ class RatlsVerifier:
         if cached is not None and cached.verified_at <= seconds <= cached.verdict.valid_until:
             verdict = cached.verdict
         else:
-            verdict = self._verify_uncached(parse_ratls_certificate(certificate), documents,
-                                            when, seconds)
+            verdict = self._verify_uncached(parse_ratls_certificate(certificate, self.issuer_cas),
+                                            documents, when, seconds)
             self._cache.put(key, _Cached(verdict, seconds))
         self.policy.check(status=verdict.status, claims=verdict.claims, nonce=verdict.nonce)
         return verdict
@@ -154,6 +160,10 @@ class RatlsVerifier:
         if not view.not_before <= seconds <= view.not_after:
             raise CertificateNotValidNow("the RA-TLS certificate is not valid at this time "
                                          "(expired or not yet valid)")
+        ca = cert.issuer_ca
+        if ca is not None and not ca.view.not_before <= seconds <= ca.view.not_after:
+            raise CertificateNotValidNow(f"the issuer CA {ca.name!r} of the RA-TLS certificate is "
+                                         "not valid at this time (expired or not yet valid)")
         evidence = cert.primary
         if evidence.claims is not None:
             evidence.claims.check_public_key(cert.spki_der)
@@ -204,6 +214,8 @@ class RatlsVerifier:
         if collateral.pck_certificate_chain:
             chains.append(collateral.pck_certificate_chain)
         bounds = [verified.collateral_expires, cert.view.not_after]
+        if cert.issuer_ca is not None:
+            bounds.append(cert.issuer_ca.view.not_after)
         chain_bound = _not_after_of(chains)
         if chain_bound is not None:
             bounds.append(chain_bound)
