@@ -14,12 +14,13 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BundleFactory
+from tests.enclave.conftest import agent  # noqa: F401  (the module's node agent)
 from tests.support.agent import AgentProcess
 
 pytestmark = pytest.mark.root
@@ -67,15 +68,6 @@ CASES: dict[str, tuple[Callable[[str], str], str]] = {
         _edit(lambda s: s["mounts"].append({"destination": "/mnt", "type": "bogusfs", "source": "none"})),
         "runc create failed: "),
 }
-
-
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory, runc_bin: str) -> Iterator[AgentProcess]:
-    a = AgentProcess(tmp_path_factory.mktemp("agent")).start()
-    try:
-        yield a
-    finally:
-        a.stop()
 
 
 def _mounts() -> list[str]:
