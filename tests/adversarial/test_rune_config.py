@@ -74,23 +74,25 @@ def _mounts() -> list[str]:
     return Path("/proc/self/mountinfo").read_text().splitlines()
 
 
+@pytest.mark.parametrize("command", ["create", "run"])
 @pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.parametrize("kind", ["native", "python"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_malformed_spec_is_one_runc_style_line_and_leaves_nothing(
         agent: AgentProcess, launchers: dict[str, str], runc_bin: str, runc_root: str, tmp_path: Path,
-        bundle_factory: BundleFactory, case: str, kind: str, log_format: str) -> None:
+        bundle_factory: BundleFactory, case: str, kind: str, log_format: str, command: str) -> None:
     rewrite, expected = CASES[case]
+    expected = expected.replace("runc create", f"runc {command}")
     bundle = bundle_factory(["/bin/echo", "must not run"], annotations=SIM)
     config = Path(bundle, "config.json")
     config.write_text(rewrite(config.read_text()))
     log = tmp_path / "rune.log"
     agent_log_before = agent.log.read_text()
     mounts_before = _mounts()
-    cid = "bad-" + str(abs(hash((case, kind, log_format))))[:10]
+    cid = "bad-" + str(abs(hash((case, kind, log_format, command))))[:10]
 
     r = subprocess.run([launchers[kind], "--root", runc_root, "--log", str(log), "--log-format", log_format,
-                        "create", "--bundle", bundle, cid], capture_output=True, text=True,
+                        command, "--bundle", bundle, cid], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env={**os.environ, **agent.env}, timeout=60)
 
     assert r.returncode == 1, r.stderr

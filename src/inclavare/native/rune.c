@@ -65,6 +65,7 @@ static const char *runc_path;
 static int g_argc;
 static char **g_argv;
 static const char *log_path, *log_format = "text", *root_dir = "/run/runc", *g_container_id = "";
+static int g_foreground_run; /* run without --detach */
 static int want_version, explain;
 
 static const char *GLOBAL_VALUE[] = {"log", "log-format", "root", "criu", "rootless", NULL};
@@ -516,7 +517,9 @@ static void supervise_runc(char **argv)
 	if (!state)
 		exit(rc);
 	snprintf(state, n, "%s/%s/state.json", strcmp(root, "/") ? root : "", g_container_id);
-	if (!exists(state)) {
+	/* after a foreground run that succeeded the agent's GC forgets the container (within its
+	 * grace), so what it relayed stays readable; every failure is released at once */
+	if (!exists(state) && !(g_foreground_run && rc == 0)) {
 		struct buf target = {0};
 		puts_b(&target, "/v1/containers/");
 		put_quoted(&target, g_container_id);
@@ -688,9 +691,13 @@ int main(int argc, char **argv)
 			bundle = value && *value ? value : ".";
 		if ((n == 7 && !strncmp(a, "process", 7)) || (n == 1 && a[0] == 'p'))
 			process_flag = value;
+		if (((n == 6 && !strncmp(a, "detach", 6)) || (n == 1 && a[0] == 'd')) &&
+		    !(value && (!strcmp(value, "false") || !strcmp(value, "0"))))
+			g_foreground_run = -1;
 	}
 	(void)process_flag;
 	g_container_id = first_positional;
+	g_foreground_run = !strcmp(cmd, "run") && g_foreground_run != -1;
 	if (!strcmp(cmd, "create") || !strcmp(cmd, "run")) {
 		if (!mentions_enclave(bundle))
 			exec_runc(argv);

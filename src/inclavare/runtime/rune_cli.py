@@ -104,7 +104,9 @@ def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
             deregister(host.agent_socket, os.path.abspath(record.root), record.id)
             record.remove()
 
-        return run_and_clean_up(inv, runc, plan.argv, record, release)
+        # after a foreground run that succeeded the agent's GC forgets the container (within its
+        # grace), so what it relayed stays readable; every failure is released at once
+        return run_and_clean_up(inv, runc, plan.argv, record, release, keep_after_run=True)
     # Upstream consumes ``ENCLAVE_TYPE=`` even when it selects no enclave: run a copy without it.
     assert plan.spec is not None
     try:
@@ -124,7 +126,7 @@ def _register(host: Host, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_and_clean_up(inv: Invocation, runc: str, argv: list[str], record: ContainerRecord,
-                     release: Callable[[], None]) -> int:
+                     release: Callable[[], None], keep_after_run: bool = False) -> int:
     """Run runc as our child (same stdio, signals forwarded, its exit status) and ``release``
     what rune made for the container as soon as runc no longer knows it: a failed create, or a
     foreground run that ended, leaves nothing behind (no registration, record, private bundle)."""
@@ -133,7 +135,7 @@ def run_and_clean_up(inv: Invocation, runc: str, argv: list[str], record: Contai
         rc = wait_child(spawn(runc, argv), forward_signals=True)
         foreground_run = inv.command == "run" and not _flag(inv, "detach", "d")
         if foreground_run and not _flag(inv, "keep"):
-            gone = True  # runc deleted the container when it exited
+            gone = not (keep_after_run and rc == 0)  # runc deleted the container when it exited
         elif rc == 0 and not foreground_run:
             gone = False
         else:
