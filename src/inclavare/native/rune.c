@@ -9,7 +9,10 @@
  *   create, run                 the bundle's config.json mentions "enclave." or "ENCLAVE_"?
  *                                 no:  exec runc
  *                                 yes: ask the node agent to plan it (POST /v1/prepare on its
- *                                      control socket); 200: exec runc with the argv it returns;
+ *                                      control socket); 200: run runc with the argv it returns
+ *                                      as a child, and once runc no longer knows the container
+ *                                      (failed create, ended run) tell the agent to forget it
+ *                                      (DELETE), which removes rune's record and private bundle;
  *                                      409, 404 (an older agent) or agent unreachable: rune's
  *                                      Python slow path;
  *                                      otherwise: report the agent's reason as runc reports errors
@@ -24,6 +27,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +35,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -59,7 +64,8 @@
 static const char *runc_path;
 static int g_argc;
 static char **g_argv;
-static const char *log_path, *log_format = "text", *root_dir = "/run/runc";
+static const char *log_path, *log_format = "text", *root_dir = "/run/runc", *g_container_id = "";
+static int g_foreground_run; /* run without --detach */
 static int want_version, explain;
 
 static const char *GLOBAL_VALUE[] = {"log", "log-format", "root", "criu", "rootless", NULL};
@@ -363,21 +369,177 @@ static char *detail_of(const char *body)
 	return out;
 }
 
-static void prepare_enclave(void)
+/* One HTTP/1.1 request to the agent's control socket. Returns the status code and the body
+ * (NUL-terminated, *plen bytes), or AGENT_UNREACHABLE / AGENT_LOST with *error set. */
+#define AGENT_UNREACHABLE (-1)
+#define AGENT_LOST (-2)
+static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
+			 size_t *plen, const char **error)
 {
 	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
 	if (!sock_path || !*sock_path)
 		sock_path = DEFAULT_AGENT_SOCKET;
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	*error = "rune: cannot reach the node agent";
 	if (strlen(sock_path) >= sizeof(addr.sun_path))
-		exec_python();
+		return AGENT_UNREACHABLE;
 	strcpy(addr.sun_path, sock_path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return AGENT_UNREACHABLE;
+	}
+	struct timeval tv = {.tv_sec = 600};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	size_t body_len = body ? body->len : 0;
+	struct buf req = {0};
+	char head[256];
+	snprintf(head, sizeof(head), "%s ", method);
+	puts_b(&req, head);
+	puts_b(&req, target);
+	snprintf(head, sizeof(head), " HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n"
+				     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n", body_len);
+	puts_b(&req, head);
+	if (body_len)
+		put(&req, body->data, body_len);
+	for (size_t off = 0; off < req.len;) {
+		ssize_t n = write(fd, req.data + off, req.len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			close(fd);
+			*error = "rune: lost the node agent while sending the request";
+			return AGENT_LOST;
+		}
+		off += (size_t)n;
+	}
+	free(req.data);
+	struct buf resp = {0};
+	char chunk[65536];
+	long want = -1; /* total bytes (headers + Content-Length); stop there, not at the close */
+	for (;;) {
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			close(fd);
+			*error = "rune: no answer from the node agent";
+			return AGENT_LOST;
+		}
+		if (n == 0)
+			break;
+		put(&resp, chunk, (size_t)n);
+		if (resp.len > MAX_RESPONSE) {
+			close(fd);
+			*error = "rune: the node agent's answer is too large";
+			return AGENT_LOST;
+		}
+		if (want < 0) {
+			char *end = memmem(resp.data, resp.len, "\r\n\r\n", 4);
+			char *cl = end ? strcasestr(resp.data, "\r\nContent-Length:") : NULL;
+			if (cl && cl < end)
+				want = (long)(end + 4 - resp.data) + strtol(cl + 17, NULL, 10);
+		}
+		if (want >= 0 && (long)resp.len >= want)
+			break;
+	}
+	close(fd);
+	int status = 0;
+	char *sep = resp.data ? memmem(resp.data, resp.len, "\r\n\r\n", 4) : NULL;
+	if (!sep || resp.len < 12 || sscanf(resp.data + 9, "%3d", &status) != 1) {
+		*error = "rune: malformed answer from the node agent";
+		return AGENT_LOST;
+	}
+	*payload = sep + 4;
+	*plen = resp.len - (size_t)(*payload - resp.data);
+	return status;
+}
 
+/* --- runc as a child: what the agent prepared is released when runc no longer knows the container */
+
+static volatile pid_t g_child;
+
+static void forward_signal(int sig)
+{
+	if (g_child > 0)
+		kill(g_child, sig);
+}
+
+static void put_quoted(struct buf *b, const char *s)
+{
+	/* percent-encoding as Python's urllib.parse.quote (safe: letters, digits, "_.-~/") */
+	char esc[4];
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		    strchr("_.-~/", *p)) {
+			put(b, (const char *)p, 1);
+		} else {
+			snprintf(esc, sizeof(esc), "%%%02X", *p);
+			puts_b(b, esc);
+		}
+	}
+}
+
+/* Run runc with our stdio, forwarding signals; once runc no longer knows the container (a failed
+ * create, a foreground run that ended) ask the agent to forget it, which also removes rune's
+ * record and private bundle. Exits with runc's status (128+N for death by signal N). */
+static void supervise_runc(char **argv)
+{
+	decided("runc");
+	argv[0] = (char *)runc_path;
+	pid_t pid = fork();
+	if (pid < 0)
+		report_error("rune: cannot start runc (fork failed)");
+	if (pid == 0) {
+		execv(runc_path, argv);
+		char msg[1024];
+		snprintf(msg, sizeof(msg), "rune: cannot execute runc at %s: %s (set INCLAVARE_RUNC or reinstall "
+					   "rune with `inclavare install-rune --runc PATH`)", runc_path, strerror(errno));
+		report_error(msg);
+	}
+	g_child = pid;
+	struct sigaction sa = {.sa_handler = forward_signal};
+	sigemptyset(&sa.sa_mask);
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD)
+			sigaction(sig, &sa, NULL);
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR) {
+			status = 1 << 8;
+			break;
+		}
+	int rc = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
+	char *root = abspath(root_dir);
+	size_t n = strlen(root) + strlen(g_container_id) + 16;
+	char *state = malloc(n);
+	if (!state)
+		exit(rc);
+	snprintf(state, n, "%s/%s/state.json", strcmp(root, "/") ? root : "", g_container_id);
+	/* after a foreground run that succeeded the agent's GC forgets the container (within its
+	 * grace), so what it relayed stays readable; every failure is released at once */
+	if (!exists(state) && !(g_foreground_run && rc == 0)) {
+		struct buf target = {0};
+		puts_b(&target, "/v1/containers/");
+		put_quoted(&target, g_container_id);
+		puts_b(&target, "?root=");
+		put_quoted(&target, root);
+		char *payload;
+		size_t plen;
+		const char *error;
+		agent_request("DELETE", target.data, NULL, &payload, &plen, &error); /* best effort: else GC */
+	}
+	exit(rc);
+}
+
+static void prepare_enclave(void)
+{
 	char cwd[4096];
 	if (!getcwd(cwd, sizeof(cwd)))
 		exec_python();
 	const char *state = getenv("INCLAVARE_RUNE_STATE");
-	struct buf body = {0}, req = {0};
+	struct buf body = {0};
 	puts_b(&body, "{\"argv\":[");
 	for (int i = 1; i < g_argc; i++) {
 		if (i > 1)
@@ -397,54 +559,14 @@ static void prepare_enclave(void)
 	puts_b(&body, "}");
 	decided("prepare");
 
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+	char *payload;
+	size_t plen;
+	const char *error;
+	int status = agent_request("POST", "/v1/prepare", &body, &payload, &plen, &error);
+	if (status == AGENT_UNREACHABLE)
 		exec_python(); /* the slow path reports the unreachable agent (fail closed) */
-	struct timeval tv = {.tv_sec = 600};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	char head[256];
-	snprintf(head, sizeof(head), "POST /v1/prepare HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n"
-				     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n", body.len);
-	puts_b(&req, head);
-	put(&req, body.data, body.len);
-	for (size_t off = 0; off < req.len;) {
-		ssize_t n = write(fd, req.data + off, req.len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			report_error("rune: lost the node agent while sending the request");
-		off += (size_t)n;
-	}
-	struct buf resp = {0};
-	char chunk[65536];
-	long want = -1; /* total bytes (headers + Content-Length); stop there, not at the close */
-	for (;;) {
-		ssize_t n = read(fd, chunk, sizeof(chunk));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			report_error("rune: no answer from the node agent");
-		if (n == 0)
-			break;
-		put(&resp, chunk, (size_t)n);
-		if (resp.len > MAX_RESPONSE)
-			report_error("rune: the node agent's answer is too large");
-		if (want < 0) {
-			char *end = memmem(resp.data, resp.len, "\r\n\r\n", 4);
-			char *cl = end ? strcasestr(resp.data, "\r\nContent-Length:") : NULL;
-			if (cl && cl < end)
-				want = (long)(end + 4 - resp.data) + strtol(cl + 17, NULL, 10);
-		}
-		if (want >= 0 && (long)resp.len >= want)
-			break;
-	}
-	close(fd);
-	int status = 0;
-	char *sep = resp.data ? memmem(resp.data, resp.len, "\r\n\r\n", 4) : NULL;
-	if (!sep || resp.len < 12 || sscanf(resp.data + 9, "%3d", &status) != 1)
-		report_error("rune: malformed answer from the node agent");
-	char *payload = sep + 4;
-	size_t plen = resp.len - (size_t)(payload - resp.data);
+	if (status < 0)
+		report_error(error);
 	if (status == 409 || status == 404) /* rune's own work, or an agent without /v1/prepare */
 		exec_python();
 	if (status != 200) {
@@ -469,7 +591,7 @@ static void prepare_enclave(void)
 		if (payload[i] == '\0' && i + 1 < plen)
 			argv[k++] = payload + i + 1;
 	argv[k] = NULL;
-	exec_runc(argv);
+	supervise_runc(argv);
 }
 
 /* --- main ------------------------------------------------------------------------------------ */
@@ -569,8 +691,13 @@ int main(int argc, char **argv)
 			bundle = value && *value ? value : ".";
 		if ((n == 7 && !strncmp(a, "process", 7)) || (n == 1 && a[0] == 'p'))
 			process_flag = value;
+		if (((n == 6 && !strncmp(a, "detach", 6)) || (n == 1 && a[0] == 'd')) &&
+		    !(value && (!strcmp(value, "false") || !strcmp(value, "0"))))
+			g_foreground_run = -1;
 	}
 	(void)process_flag;
+	g_container_id = first_positional;
+	g_foreground_run = !strcmp(cmd, "run") && g_foreground_run != -1;
 	if (!strcmp(cmd, "create") || !strcmp(cmd, "run")) {
 		if (!mentions_enclave(bundle))
 			exec_runc(argv);

@@ -12,6 +12,7 @@ import os
 from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError
+from inclavare.runtime.spec_shape import SpecShapeError, check_spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 
 def load_spec(bundle: str) -> Spec:
+    """The bundle's parsed and shape-checked spec (:mod:`~inclavare.runtime.spec_shape`).
+
+    Raises :class:`SpecShapeError` when config.json is malformed, plain :class:`ConfigError`
+    when it cannot be read at all."""
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
@@ -29,10 +34,11 @@ def load_spec(bundle: str) -> Spec:
         raise ConfigError(f"bundle {bundle}: config.json not found") from None
     except OSError as exc:
         raise ConfigError(f"bundle {bundle}: cannot read config.json: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"bundle {bundle}: config.json is not valid JSON: {exc}") from None
+    except ValueError as exc:  # fastjson raises nothing else for malformed text
+        raise SpecShapeError(f"bundle {bundle}: config.json is not valid JSON: {exc}") from None
     if not isinstance(spec, dict):
-        raise ConfigError(f"bundle {bundle}: config.json must hold a JSON object")
+        raise SpecShapeError(f"bundle {bundle}: config.json must hold a JSON object")
+    check_spec(spec)
     return spec
 
 

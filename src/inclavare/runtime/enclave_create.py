@@ -20,6 +20,7 @@ from inclavare.runtime.bundle import absolutize, load_spec, write_bundle
 from inclavare.runtime.enclave_config import EnclaveRequest, read_enclave_request, validate_runtime_path
 from inclavare.runtime.invocation import COMMAND_VALUE_FLAGS, Invocation, valid_id
 from inclavare.runtime.runc_process import runc_knows
+from inclavare.runtime.spec_shape import SpecShapeError
 from inclavare.runtime.rune_state import ContainerRecord
 
 TYPE_CHECKING = False
@@ -56,8 +57,10 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
     root = _resolve(inv.root, cwd)
     try:
         spec = load_spec(bundle)
+    except SpecShapeError:
+        raise  # the spec mentions an enclave: rune must not hand runc what it cannot read itself
     except ConfigError:
-        return Plan(RUNC)  # runc reports a broken bundle in its own words
+        return Plan(RUNC)  # runc reports a missing or unreadable bundle in its own words
     request = read_enclave_request(spec)
     if request.config is not None:
         from inclavare.runtime.enclave_prepare import is_sandbox
@@ -83,12 +86,14 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
     from inclavare.runtime.enclave_prepare import prepare_enclave
 
     validate_runtime_path(request.config)
-    prepared = prepare_enclave(request, new_spec, record, log, runc, host, register)
-    try:
+    prepared = None
+    try:  # whatever fails from here on, nothing of this container stays behind
+        prepared = prepare_enclave(request, new_spec, record, log, runc, host, register)
         write_bundle(record.private_bundle, new_spec)
         record.save(runelet=prepared.runelet)
     except BaseException:
-        prepared.release(record)
+        if prepared is not None:
+            prepared.release(record)
         record.remove()
         raise
     return Plan(ENCLAVE, argv=with_bundle(inv, record.private_bundle), record=record)

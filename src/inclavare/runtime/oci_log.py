@@ -75,7 +75,9 @@ class RuneLog:
         self.write("warning", msg)
 
     def error(self, msg: str) -> None:
-        """Log an error as runc does: to the log destination and, plainly, to stderr."""
+        """Log an error as runc does: to the log destination and, plainly, to stderr; always
+        one line (engines show the last line of stderr)."""
+        msg = " ".join(msg.splitlines())
         self.write("error", msg)
         if self.path and self.path != "/dev/stderr":
             sys.stderr.write(msg + "\n")

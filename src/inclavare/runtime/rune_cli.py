@@ -16,13 +16,21 @@ that path avoid heavy standard modules (``subprocess``, ``json``, ``dataclasses`
 
 from __future__ import annotations
 
+import os
+
 from inclavare.errors import InclavareError
 from inclavare.runtime.bundle import write_bundle
 from inclavare.runtime.container_commands import delete, state
+from inclavare.runtime.host_settings import Host
 from inclavare.runtime.invocation import Invocation
 from inclavare.runtime.oci_log import RuneLog
 from inclavare.runtime.runc_process import exec_runc, runc_knows, spawn, wait_child
 from inclavare.runtime.rune_state import ContainerRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def run_slow_path(inv: Invocation, runc: str) -> int:
@@ -34,6 +42,13 @@ def run_slow_path(inv: Invocation, runc: str) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, not bad input; still one line where the engine shows it
+        log.error(f"rune: internal error: {type(exc).__name__}: {exc}".replace("\n", " "))
+        if log.debug_enabled:
+            import traceback
+
+            log.debug("".join(traceback.format_exception(exc)))
+        return 1
 
 
 def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
@@ -74,40 +89,53 @@ def _package_version() -> str:
 
 
 def _create_or_run(inv: Invocation, runc: str, log: RuneLog) -> int:
-    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, plan_create
-    from inclavare.runtime.host_settings import Host
+    from inclavare.runtime.enclave_create import ENCLAVE, RUNC, plan_create, with_bundle
 
     host = Host.from_environment()
     plan = plan_create(inv, runc, log, host, register=lambda doc: _register(host, doc))
     if plan.kind == RUNC:
         exec_runc(runc, inv.argv)
+    record = plan.record
+    assert record is not None
     if plan.kind == ENCLAVE:
-        # runc takes over this process, as for plain containers: same stdio, signals and exit
-        # status. Should it fail or the container end, the agent forgets the registration and
-        # removes the record once runc no longer knows the container.
-        exec_runc(runc, plan.argv)
-    assert plan.record is not None and plan.spec is not None
-    return _run_with_stripped_env(inv, runc, plan.spec, plan.record)
+        def release() -> None:
+            from inclavare.runtime.enclave_prepare import deregister
+
+            deregister(host.agent_socket, os.path.abspath(record.root), record.id)
+            record.remove()
+
+        # after a foreground run that succeeded the agent's GC forgets the container (within its
+        # grace), so what it relayed stays readable; every failure is released at once
+        return run_and_clean_up(inv, runc, plan.argv, record, release, keep_after_run=True)
+    # Upstream consumes ``ENCLAVE_TYPE=`` even when it selects no enclave: run a copy without it.
+    assert plan.spec is not None
+    try:
+        write_bundle(record.private_bundle, plan.spec)
+        record.save()
+    except BaseException:
+        record.remove()
+        raise
+    return run_and_clean_up(inv, runc, with_bundle(inv, record.private_bundle), record, record.remove)
 
 
-def _register(host: object, doc: dict) -> dict:  # type: ignore[type-arg]
+def _register(host: Host, doc: dict[str, Any]) -> dict[str, Any]:
     from inclavare.services.agent import client as agent_client
 
-    return agent_client.call(host.agent_socket, "POST", "/v1/containers", doc)  # type: ignore[attr-defined,no-any-return]
+    answer = agent_client.call(host.agent_socket, "POST", "/v1/containers", doc)
+    return answer if isinstance(answer, dict) else {}
 
 
-def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: ContainerRecord) -> int:  # type: ignore[type-arg]
-    """Upstream consumes ``ENCLAVE_TYPE=`` even when it selects no enclave: run a copy without it."""
-    from inclavare.runtime.enclave_create import with_bundle
-
-    write_bundle(record.private_bundle, spec)
-    record.save()
+def run_and_clean_up(inv: Invocation, runc: str, argv: list[str], record: ContainerRecord,
+                     release: Callable[[], None], keep_after_run: bool = False) -> int:
+    """Run runc as our child (same stdio, signals forwarded, its exit status) and ``release``
+    what rune made for the container as soon as runc no longer knows it: a failed create, or a
+    foreground run that ended, leaves nothing behind (no registration, record, private bundle)."""
     gone = True
     try:
-        rc = wait_child(spawn(runc, with_bundle(inv, record.private_bundle)), forward_signals=True)
+        rc = wait_child(spawn(runc, argv), forward_signals=True)
         foreground_run = inv.command == "run" and not _flag(inv, "detach", "d")
         if foreground_run and not _flag(inv, "keep"):
-            gone = True  # runc deleted the container when it exited
+            gone = not (keep_after_run and rc == 0)  # runc deleted the container when it exited
         elif rc == 0 and not foreground_run:
             gone = False
         else:
@@ -115,7 +143,7 @@ def _run_with_stripped_env(inv: Invocation, runc: str, spec: dict, record: Conta
         return rc
     finally:
         if gone:
-            record.remove()
+            release()
 
 
 def _flag(inv: Invocation, *names: str) -> bool:

@@ -107,9 +107,13 @@ def _package_parent() -> str:
 
 
 def _site_dirs() -> list[str]:
-    """Where the allowed third-party packages are installed (this interpreter's site-packages)."""
+    """Where the allowed third-party packages are installed: this interpreter's site-packages
+    and those on ``sys.path`` (rune's launcher runs the base interpreter with the venv's
+    site-packages added to ``sys.path``; sysconfig knows only the base's)."""
     paths = sysconfig.get_paths()
-    return list(dict.fromkeys(os.path.realpath(paths[k]) for k in ("purelib", "platlib")))
+    dirs = [paths["purelib"], paths["platlib"],
+            *(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))]
+    return list(dict.fromkeys(os.path.realpath(d) for d in dirs))
 
 
 def _stdlib_version_dir() -> str:
