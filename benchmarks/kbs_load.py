@@ -169,7 +169,10 @@ def start_server(directory: str, server_core: int | None) -> tuple[subprocess.Po
                                                serialization.PublicFormat.SubjectPublicKeyInfo))
     with open(os.path.join(directory, "kbs.toml"), "w") as fh:
         fh.write('listen = "127.0.0.1:0"\nstore = "sqlite:///kbs.db"\nadmin_public_key = "admin.pub"\n'
-                 'insecure_allow_sample_tee = true\nlog_level = "warning"\n'
+                 'admin_audience = "kbs-load"\ninsecure_allow_sample_tee = true\nlog_level = "warning"\n'
+                 # the load generator is one client address: lift the per-client /auth limits
+                 '[limits]\nauth_rate_per_second = 1000000\nauth_burst = 1000000\n'
+                 'max_sessions_per_client = 10000000\n'
                  '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\n'
                  'insecure_sim_collateral = "sim/collateral.json"\n')
 
@@ -188,7 +191,7 @@ def start_server(directory: str, server_core: int | None) -> tuple[subprocess.Po
     host, port = hostport.rsplit(":", 1)
     import httpx
 
-    headers = {"authorization": "Bearer " + make_admin_token(key)}
+    headers = {"authorization": "Bearer " + make_admin_token(key, "kbs-load")}
     for _ in range(100):
         try:
             httpx.get(f"http://{hostport}/kbs/v0/", timeout=1)

@@ -157,6 +157,7 @@ def _run(demo: Demo) -> None:
 listen = "127.0.0.1:{port}"
 store = "sqlite:///kbs.db"
 admin_public_key = "admin.pub"
+admin_audience = "{url}"
 
 [attestation]
 # The demo runs on the SIMULATED TEE and trusts it explicitly. Never do this in production.

@@ -15,6 +15,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+ADMIN_AUDIENCE = "kbs-under-test"  # admin_audience of every broker config_text writes
 ALLOW_ALL = 'package policy\nimport rego.v1\ndefault allow := false\nallow if data.plugin == "resource"\n'
 
 
@@ -39,6 +40,7 @@ class KbsProcess:
     stderr_path: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     ca: str | None = None  # CA file to verify an https broker with
+    nofile: int | None = None  # RLIMIT_NOFILE of the broker (to make descriptor exhaustion reachable)
 
     def start(self, timeout: float = 20.0) -> KbsProcess:
         config = os.path.join(self.directory, "kbs.toml")
@@ -49,6 +51,7 @@ class KbsProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inclavare.cli.main", "kbs", "serve", "--config", config],
             stdout=subprocess.PIPE, stderr=err, env={**os.environ, **self.extra_env},
+            preexec_fn=self._limit_fds if self.nofile else None,
         )
         err.close()
         assert self.proc.stdout is not None
@@ -65,6 +68,12 @@ class KbsProcess:
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError("kbs did not answer")
+
+    def _limit_fds(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _verify(self) -> Any:
         import ssl
@@ -96,7 +105,7 @@ class KbsProcess:
     def admin_headers(self, key: Any = None) -> dict[str, str]:
         from inclavare.services.kbs.admin_auth import make_admin_token
 
-        return {"authorization": "Bearer " + make_admin_token(key or self.admin_key)}
+        return {"authorization": "Bearer " + make_admin_token(key or self.admin_key, ADMIN_AUDIENCE)}
 
     def admin(self, method: str, path: str, body: bytes | None = None, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.url + "/kbs/v0" + path, content=body,
@@ -113,7 +122,7 @@ class KbsProcess:
 def config_text(store: str, *, sample: bool = True, admin: bool = True, extra: str = "") -> str:
     lines = ['listen = "127.0.0.1:0"', f'store = "{store}"', f"insecure_allow_sample_tee = {str(sample).lower()}"]
     if admin:
-        lines.append('admin_public_key = "admin.pub"')
+        lines += ['admin_public_key = "admin.pub"', f'admin_audience = "{ADMIN_AUDIENCE}"']
     return "\n".join(lines) + "\n" + extra
 
 

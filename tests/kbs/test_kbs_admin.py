@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from kbs_harness import error_type
+from kbs_harness import ADMIN_AUDIENCE, error_type
 
 from inclavare.crypto import jws
 from inclavare.crypto.b64 import b64url_encode
@@ -89,7 +89,7 @@ def test_admin_denied_for_everyone_without_admin_key(make_kbs) -> None:
     from inclavare.services.kbs.admin_auth import make_admin_token
 
     for route in ADMIN_ROUTES:
-        r = _call(server.url, route, {"authorization": "Bearer " + make_admin_token(key)})
+        r = _call(server.url, route, {"authorization": "Bearer " + make_admin_token(key, ADMIN_AUDIENCE)})
         assert r.status_code == 401 and error_type(r) == "AdminAuthAccess"
         assert "no admin_public_key" in r.json()["detail"]
     assert "every admin endpoint is denied" in server.stderr()
@@ -101,9 +101,9 @@ def test_es256_admin_key_works(make_kbs, tmp_path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "es.pub").write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    server = make_kbs('admin_public_key = "es.pub"\n', admin=False)
+    server = make_kbs(f'admin_public_key = "es.pub"\nadmin_audience = "{ADMIN_AUDIENCE}"\n', admin=False)
     from inclavare.services.kbs.admin_auth import make_admin_token
 
     r = httpx.post(server.url + "/kbs/v0/resource/a/b/c", content=b"x",
-                   headers={"authorization": "Bearer " + make_admin_token(key)})
+                   headers={"authorization": "Bearer " + make_admin_token(key, ADMIN_AUDIENCE)})
     assert r.status_code == 200

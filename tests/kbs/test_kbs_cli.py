@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from kbs_harness import KbsProcess, SampleSession, config_text
+from kbs_harness import ADMIN_AUDIENCE, KbsProcess, SampleSession, config_text
 
 from inclavare.cli.main import main
 
@@ -28,7 +28,8 @@ def test_admin_cli_end_to_end(tmp_path) -> None:
     assert main(["kbs", "keygen", "--out", str(tmp_path)]) == 0
     server = KbsProcess(str(tmp_path), config_text("sqlite:///kbs.db"), None).start()
     try:
-        admin = ["kbs", "admin", "--url", server.url, "--key", str(tmp_path / "admin.key")]
+        admin = ["kbs", "admin", "--url", server.url, "--key", str(tmp_path / "admin.key"),
+                 "--audience", ADMIN_AUDIENCE]
         (tmp_path / "secret.bin").write_bytes(b"\x00cli secret\xff")
         (tmp_path / "allow.rego").write_text('package policy\nimport rego.v1\ndefault allow := false\nallow if data.plugin == "resource"\n')
         (tmp_path / "att.rego").write_text("package policy\nimport rego.v1\nhardware := 2\nexecutables := 3\n")
@@ -51,7 +52,8 @@ def test_admin_cli_end_to_end(tmp_path) -> None:
         assert r.returncode != 0 and r.stderr.startswith("inclavare: error: ") and r.stderr.count("\n") == 1
         # wrong key: one clear line, non-zero
         assert main(["kbs", "keygen", "--out", str(tmp_path / "other")]) == 0
-        r = _cli("kbs", "admin", "--url", server.url, "--key", str(tmp_path / "other" / "admin.key"),
+        r = _cli("kbs", "admin", "--url", server.url, "--audience", ADMIN_AUDIENCE,
+                 "--key", str(tmp_path / "other" / "admin.key"),
                  "resource", "set", "default/cli/2", "--value", "x")
         assert r.returncode != 0 and "admin access denied" in r.stderr and r.stderr.count("\n") == 1
         r = _cli(*admin, "resource", "set", "../etc/passwd", "--value", "x")
@@ -63,7 +65,11 @@ def test_admin_cli_end_to_end(tmp_path) -> None:
 @pytest.mark.parametrize("config,message", [
     ('listen = "127.0.0.1:0"\nbogus = 1\n', "unknown key 'bogus'"),
     ('listen = "127.0.0.1:0"\n[attestation]\ninsecure_sim_trust_anchor = "x.pem"\n', "go together"),
-    ('listen = "127.0.0.1:0"\nadmin_public_key = "missing.pub"\nstore = "sqlite:///k.db"\n', "cannot read admin_public_key"),
+    ('listen = "127.0.0.1:0"\nadmin_public_key = "missing.pub"\nadmin_audience = "k"\nstore = "sqlite:///k.db"\n',
+     "cannot read admin_public_key"),
+    ('listen = "127.0.0.1:0"\nadmin_public_key = "admin.pub"\n', "admin_public_key needs admin_audience"),
+    ('listen = "127.0.0.1:0"\n[limits]\nrequest_timeout_seconds = 0\n', "request_timeout_seconds must be in"),
+    ('listen = "127.0.0.1:0"\n[limits]\nmax_conections = 5\n', "unknown key 'max_conections'"),
     ("listen = \n", "not valid TOML"),
     ('listen = "127.0.0.1:0"\nstore = "postgresql://postgres@/postgres?host=/nonexistent-dir"\n', "PostgreSQL"),
     ('listen = "127.0.0.1:0"\nstore = "sqlite:////proc/kbs/x.db"\n', "cannot open SQLite store"),

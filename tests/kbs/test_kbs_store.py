@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from kbs_harness import ALLOW_ALL, SampleSession, error_type
+from kbs_harness import ADMIN_AUDIENCE, ALLOW_ALL, SampleSession, error_type
 
 from inclavare.policy.reference_values import build_message
 from inclavare.services.kbs.admin_auth import make_admin_token
@@ -78,7 +78,7 @@ def test_kill_9_during_concurrent_admin_writes_loses_nothing_acknowledged(make_k
     stop = threading.Event()
 
     def writer(n: int) -> None:
-        token = make_admin_token(server.admin_key)
+        token = make_admin_token(server.admin_key, ADMIN_AUDIENCE)
         with httpx.Client(timeout=5, headers={"authorization": f"Bearer {token}"}) as http:
             i = 0
             while not stop.is_set():
@@ -93,7 +93,7 @@ def test_kill_9_during_concurrent_admin_writes_loses_nothing_acknowledged(make_k
                 i += 1
 
     def rv_writer() -> None:
-        token = make_admin_token(server.admin_key)
+        token = make_admin_token(server.admin_key, ADMIN_AUDIENCE)
         with httpx.Client(timeout=5, headers={"authorization": f"Bearer {token}"}) as http:
             i = 0
             while not stop.is_set():

@@ -391,3 +391,35 @@ def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
         with pytest.raises(KbsError):
             parse_resource_uri(uri)
     assert parse_resource_uri("kbs://ignored-host/default/key/1") == "default/key/1"
+
+
+def test_sessions_per_client_are_capped_and_forgotten_when_expired() -> None:
+    from inclavare.services.kbs.client_limits import TooManyRequests
+    from inclavare.services.kbs.sessions import SessionMap
+
+    now = [1000.0]
+    sessions = SessionMap(60, 100, clock=lambda: now[0], max_per_client=3)
+    for _ in range(3):
+        sessions.create("sample", "n", "10.0.0.1")
+    with pytest.raises(TooManyRequests) as exc:
+        sessions.create("sample", "n", "10.0.0.1")
+    assert exc.value.status == 429 and exc.value.retry_after == 60
+    sessions.create("sample", "n", "10.0.0.2")  # another client is unaffected
+    now[0] += 61
+    sessions.create("sample", "n", "10.0.0.3")  # purges the expired ones, their clients with them
+    assert len(sessions) == 1 and sessions.count("10.0.0.1") == 0 and sessions.count("10.0.0.2") == 0
+
+
+def test_token_buckets_refill_and_stay_bounded() -> None:
+    from inclavare.services.kbs.client_limits import TokenBuckets, client_key
+
+    now = [0.0]
+    buckets = TokenBuckets(rate=2, burst=2, max_clients=10, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.5]
+    now[0] += 0.5
+    assert buckets.take("a") == 0.0
+    for i in range(50):
+        buckets.take(f"c{i}")
+    assert len(buckets) == 10
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff") == "2001:db8::/64"
+    assert client_key("::ffff:10.1.2.3") == "10.1.2.3" and client_key(None) == ""

@@ -31,6 +31,10 @@ def add_parser(sub: Any) -> None:
     admin = kbs_sub.add_parser("admin", help="administer a running KBS")
     admin.add_argument("--url", required=True, help="KBS base URL, e.g. http://127.0.0.1:8080")
     admin.add_argument("--key", required=True, help="admin private key (PEM, Ed25519 or P-256)")
+    admin.add_argument("--audience", help="the token's 'aud': the broker's admin_audience "
+                       "(default: --url without a trailing '/')")
+    admin.add_argument("--issuer", default="inclavare-admin",
+                       help="the token's 'iss' (checked when the broker sets admin_issuer; default: inclavare-admin)")
     objects = admin.add_subparsers(dest="object", metavar="OBJECT")
     objects.required = True
 
@@ -96,7 +100,8 @@ def _keygen(args: argparse.Namespace) -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ), mode=0o644)
     print(f"admin private key: {priv_path}\nadmin public key:  {pub_path} "
-          f"(set admin_public_key = \"{pub_path}\" in the KBS config)")
+          f"(set admin_public_key = \"{pub_path}\" and admin_audience = \"<the broker's URL>\" "
+          f"in the KBS config)")
     return 0
 
 
@@ -138,7 +143,8 @@ def _admin(args: argparse.Namespace) -> int:
     from inclavare.services.kbs.admin_auth import make_admin_token
     from inclavare.services.kbs.resource_path import parse_resource_path
 
-    token = make_admin_token(_load_signing_key(args.key))
+    audience = args.audience if args.audience is not None else args.url.rstrip("/")
+    token = make_admin_token(_load_signing_key(args.key), audience, args.issuer)
     base = args.url.rstrip("/") + "/kbs/v0"
     headers = {"authorization": f"Bearer {token}"}
     method, path, body = "POST", "", b""

@@ -17,6 +17,7 @@ from typing import Any
 
 from inclavare.crypto.b64 import b64std_decode
 from inclavare.errors import FormatError
+from inclavare.formats.strict_json import loads_strict
 
 MESSAGE_VERSION = "0.1.0"
 DEFAULT_VALIDITY = timedelta(days=365)
@@ -58,9 +59,9 @@ def check_name(name: object) -> str:
 def parse_message(body: bytes, *, now: datetime) -> list[ReferenceValue]:
     """Parse an RVPS register message (only the ``sample`` extractor is supported)."""
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise FormatError("reference value message is not JSON") from exc
+        message = loads_strict(body, "reference value message")
+    except FormatError as exc:
+        raise FormatError(f"reference value message: {exc}") from exc
     if not isinstance(message, dict):
         raise FormatError("reference value message must be a JSON object")
     if message.get("version") != MESSAGE_VERSION:
@@ -68,9 +69,9 @@ def parse_message(body: bytes, *, now: datetime) -> list[ReferenceValue]:
     if message.get("type") != "sample":
         raise FormatError(f"unsupported reference value type {message.get('type')!r} (supported: 'sample')")
     try:
-        provenance = json.loads(b64std_decode(message.get("payload"), "payload"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise FormatError("reference value payload is not base64 of a JSON object") from exc
+        provenance = loads_strict(b64std_decode(message.get("payload"), "payload"), "reference value payload")
+    except FormatError as exc:
+        raise FormatError(f"reference value payload is not base64 of a JSON object: {exc}") from exc
     if not isinstance(provenance, dict) or not provenance:
         raise FormatError("reference value payload must be a non-empty JSON object {name: value}")
     expiration = now + DEFAULT_VALIDITY

@@ -4,7 +4,9 @@ Every route is declared in ``ROUTES`` with its access class (public, session, at
 the dispatcher enforces the class before the handler runs, so an admin route cannot forget its
 check. Unknown plugin or method -> 404 ``PluginNotFound``; bad resource path -> 404
 ``InvalidRequestPath``; everything else a client can get wrong -> 401 with Trustee's error type,
-bodies over the payload limit -> 413. Unexpected failures -> 500 without a traceback.
+bodies over the payload limit -> 413, a client over its own limits -> 429 with ``Retry-After``.
+Unexpected failures -> 500 without a traceback to the client, and one log line (the traceback
+only at debug level); a client that goes away mid-request is one INFO line, not an error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
@@ -27,6 +29,7 @@ from inclavare.crypto import jwe
 from inclavare.errors import InclavareError, KbsError, StoreError
 from inclavare.services.kbs.admin_auth import AdminAuth
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
+from inclavare.services.kbs.client_limits import TooManyRequests, client_key
 from inclavare.services.kbs.metrics import Metrics
 from inclavare.services.kbs.protocol import KBS_PREFIX, SESSION_COOKIE, error_body
 from inclavare.services.kbs.rcar import RcarHandshake
@@ -84,7 +87,15 @@ def _json(doc: Any, status: int = 200, cookie: Session | None = None) -> Respons
 
 
 def error_response(exc: KbsError) -> Response:
-    return _json(error_body(exc.kind, str(exc)), status=exc.status)
+    resp = _json(error_body(exc.kind, str(exc)), status=exc.status)
+    if isinstance(exc, TooManyRequests):
+        resp.headers["retry-after"] = str(exc.retry_after)
+    return resp
+
+
+def _client(call: Call) -> str:
+    peer = call.request.client
+    return client_key(peer.host if peer is not None else None)
 
 
 async def read_body(call: Call) -> bytes:
@@ -111,8 +122,10 @@ async def read_body(call: Call) -> bytes:
 async def handle_auth(call: Call) -> Response:
     metrics = call.service.metrics
     metrics.inc("kbs_auth_requests_total")
+    client = _client(call)
     try:
-        session, challenge = call.service.rcar.auth(await read_body(call))
+        call.service.rcar.admit(client)
+        session, challenge = call.service.rcar.auth(await read_body(call), client)
     except KbsError:
         metrics.inc("kbs_auth_errors_total")
         raise
@@ -262,8 +275,13 @@ def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Respon
             return _json(error_body("StorageError", "storage backend failure; nothing was changed"), 503)
         except InclavareError as exc:
             return _json(error_body("InvalidRequest", str(exc)), 401)
-        except Exception:  # a bug: log it, never leak a traceback to the client
-            log.exception("internal error on %s %s", request.method, request.url.path)
+        except ClientDisconnect:  # nobody is left to answer; not the broker's fault
+            log.info("%s %s: client went away before the request was complete",
+                     request.method, request.url.path)
+            return Response(status_code=400)
+        except Exception as exc:  # a bug: log it, never leak a traceback to the client
+            log.error("internal error on %s %s: %s: %s", request.method, request.url.path,
+                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return _json(error_body("InternalError", "internal error (see the server log)"), 500)
         finally:
             elapsed = time.perf_counter() - started

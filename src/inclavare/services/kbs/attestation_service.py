@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from inclavare.crypto.b64 import b64url_decode
 from inclavare.crypto.jwk import jwk_from_public_key
 from inclavare.errors import FormatError, InclavareError, KbsError, VerificationError
+from inclavare.formats.strict_json import loads_strict
 from inclavare.policy import ear
 from inclavare.policy.reference_values import active_values, check_name, parse_message
 from inclavare.policy.rego_policy import PolicyCache, PolicyError, RegoPolicy
@@ -141,12 +142,10 @@ class BuiltinAttestationService:
     # --- admin ------------------------------------------------------------------------------
     def set_policy(self, body: bytes) -> str:
         """Admin: ``{"type": "rego", "policy_id": ..., "policy": <base64url Rego>}``."""
-        import json
-
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise _set_policy_error("parse set policy request: not JSON") from exc
+            doc = loads_strict(body, "set policy request")
+        except FormatError as exc:
+            raise _set_policy_error(f"parse set policy request: {exc}") from exc
         if not isinstance(doc, dict):
             raise _set_policy_error("parse set policy request: expected a JSON object")
         policy_type = doc.get("type", "rego")

@@ -21,6 +21,25 @@ DEFAULT_TOKEN_LIFETIME_S = 300
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client, or all of them, can hold of the broker (docs/kbs.md, "Limits").
+
+    A whole request (headers and body) must arrive within ``request_timeout_seconds`` of its first
+    byte, so stalled (slowloris) connections are closed; connections beyond the caps are refused
+    at accept, before they can hold a file descriptor; ``/auth`` is rate-limited and its live
+    sessions capped per client address, so one client cannot fill ``max_sessions`` for the others.
+    """
+
+    request_timeout_seconds: float = 10.0
+    keep_alive_timeout_seconds: float = 15.0
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
+    auth_rate_per_second: float = 20.0
+    auth_burst: int = 100
+    max_sessions_per_client: int = 1000
+
+
+@dataclass(frozen=True)
 class AttestationConfig:
     token_signing_key: str | None = None
     token_lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME_S
@@ -37,6 +56,8 @@ class KbsConfig:
     listen_port: int = 8080
     store: str = "sqlite:////var/lib/inclavare/kbs.db"
     admin_public_key: str | None = None
+    admin_audience: str | None = None
+    admin_issuer: str | None = None
     insecure_allow_sample_tee: bool = False
     session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_S
     payload_limit_bytes: int = DEFAULT_PAYLOAD_LIMIT
@@ -45,6 +66,7 @@ class KbsConfig:
     tls_certificate: str | None = None
     tls_private_key: str | None = None
     attestation: AttestationConfig = AttestationConfig()
+    limits: Limits = Limits()
 
     @property
     def scheme(self) -> str:
@@ -52,13 +74,26 @@ class KbsConfig:
 
 
 _TOP = {
-    "listen": str, "store": str, "admin_public_key": str, "insecure_allow_sample_tee": bool,
+    "listen": str, "store": str, "admin_public_key": str, "admin_audience": str, "admin_issuer": str,
+    "insecure_allow_sample_tee": bool, "limits": dict,
     "session_timeout_seconds": (int, float), "payload_limit_bytes": int, "max_sessions": int,
     "log_level": str, "tls_certificate": str, "tls_private_key": str, "attestation": dict,
 }
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
     "insecure_sim_collateral": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
+}
+_LIMITS = {
+    "request_timeout_seconds": (int, float), "keep_alive_timeout_seconds": (int, float),
+    "max_connections": int, "max_connections_per_client": int, "auth_rate_per_second": (int, float),
+    "auth_burst": int, "max_sessions_per_client": int,
+}
+# (low, high) for each [limits] key; a value outside is a ConfigError.
+_LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "request_timeout_seconds": (0.1, 600), "keep_alive_timeout_seconds": (0.1, 600),
+    "max_connections": (1, 1_000_000), "max_connections_per_client": (1, 1_000_000),
+    "auth_rate_per_second": (0.01, 1_000_000), "auth_burst": (1, 1_000_000),
+    "max_sessions_per_client": (1, 10_000_000),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -108,6 +143,29 @@ def _store_url(base: str, url: str) -> str:
     raise ConfigError(f"store must be sqlite:///PATH or postgresql://..., got {url!r}")
 
 
+def _limits(table: Mapping[str, Any]) -> Limits:
+    _check_keys(table, _LIMITS, "kbs config [limits]")
+    for key, value in table.items():
+        low, high = _LIMIT_RANGES[key]
+        if not low <= value <= high:
+            raise ConfigError(f"[limits] {key} must be in [{low:g}, {high:g}], got {value}")
+    return Limits(**{k: (float(v) if isinstance(_LIMITS[k], tuple) else v) for k, v in table.items()})
+
+
+def _admin_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Fail closed: admin tokens are only accepted when they are bound to this broker."""
+    audience, issuer = doc.get("admin_audience"), doc.get("admin_issuer")
+    for key, value in (("admin_audience", audience), ("admin_issuer", issuer)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{key} must not be empty")
+    if doc.get("admin_public_key") is not None and audience is None:
+        raise ConfigError(
+            "admin_public_key needs admin_audience (the name admin tokens must carry as 'aud', "
+            "e.g. this broker's URL as admins reach it: \"https://kbs.example:8080\")"
+        )
+    return audience, issuer
+
+
 def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     _check_keys(doc, _TOP, "kbs config")
     att = doc.get("attestation", {})
@@ -122,6 +180,7 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     max_sessions = int(doc.get("max_sessions", 100_000))
     if max_sessions < 1:
         raise ConfigError("max_sessions must be at least 1")
+    audience, issuer = _admin_identity(doc)
     level = doc.get("log_level", "info")
     if level not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
@@ -145,6 +204,8 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         listen_port=port,
         store=_store_url(base_dir, doc.get("store", KbsConfig.store)),
         admin_public_key=_path(base_dir, doc.get("admin_public_key")),
+        admin_audience=audience,
+        admin_issuer=issuer,
         insecure_allow_sample_tee=bool(doc.get("insecure_allow_sample_tee", False)),
         session_timeout_seconds=timeout,
         payload_limit_bytes=limit,
@@ -161,6 +222,7 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             amd_ask_ark=_paths(base_dir, att.get("amd_ask_ark", []), "amd_ask_ark"),
             amd_vceks=_paths(base_dir, att.get("amd_vceks", []), "amd_vceks"),
         ),
+        limits=_limits(doc.get("limits", {})),
     )
 
 

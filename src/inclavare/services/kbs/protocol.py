@@ -7,7 +7,6 @@ Trustee's error variant; nothing returns half a message.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +16,8 @@ from typing import Any
 import rfc8785
 
 from inclavare.crypto.b64 import b64std_encode
-from inclavare.errors import KbsError
+from inclavare.errors import FormatError, KbsError
+from inclavare.formats.strict_json import loads_strict
 
 PROTOCOL_VERSION = "0.4.0"
 KBS_PREFIX = "/kbs/v0"
@@ -42,10 +42,11 @@ def attest_error(detail: str) -> KbsError:
 
 
 def _json_object(body: bytes, what: str, err: Any) -> dict[str, Any]:
+    """As serde_json reads it: UTF-8 only, no NaN/Infinity, no repeated keys."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise err(f"deserialize {what}: not valid JSON ({exc.__class__.__name__})") from exc
+        doc = loads_strict(body, what)
+    except FormatError as exc:
+        raise err(f"deserialize {what}: {exc}") from exc
     if not isinstance(doc, dict):
         raise err(f"deserialize {what}: expected a JSON object")
     return doc

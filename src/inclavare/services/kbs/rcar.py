@@ -3,7 +3,8 @@
 ``/auth`` opens a session bound to a fresh 32-byte nonce; ``/attest`` accepts evidence only if
 its runtime data carries that nonce and the TEE report data is bound to (nonce, TEE key), so
 evidence replayed on another session or bound to another key fails. A second ``/attest`` on an
-attested session returns the same token, as Trustee does.
+attested session returns the same token, as Trustee does. ``/auth`` is the one unauthenticated
+call that costs the broker memory, so it is rate-limited per client before anything is parsed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from inclavare.crypto.jwe import check_recipient_jwk
 from inclavare.errors import FormatError, InclavareError, KbsError
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService, evidence_error
+from inclavare.services.kbs.client_limits import TokenBuckets, TooManyRequests
 from inclavare.services.kbs.protocol import (
     attest_error,
     auth_error,
@@ -30,16 +32,24 @@ log = logging.getLogger("inclavare.kbs")
 
 
 class RcarHandshake:
-    def __init__(self, sessions: SessionMap, attestation: BuiltinAttestationService) -> None:
+    def __init__(self, sessions: SessionMap, attestation: BuiltinAttestationService,
+                 auth_rate: TokenBuckets | None = None) -> None:
         self.sessions = sessions
         self.attestation = attestation
+        self.auth_rate = auth_rate
 
-    def auth(self, body: bytes) -> tuple[Session, dict[str, Any]]:
+    def admit(self, client: str) -> None:
+        """Refuse (429) a client over its ``/auth`` rate, before its body is read."""
+        wait = self.auth_rate.take(client) if self.auth_rate is not None else 0.0
+        if wait > 0:
+            raise TooManyRequests("too many /auth requests from this client; retry later", wait)
+
+    def auth(self, body: bytes, client: str = "") -> tuple[Session, dict[str, Any]]:
         request = parse_request(body)
         reason = self.attestation.supports(request.tee)
         if reason is not None:
             raise auth_error(reason)
-        session = self.sessions.create(request.tee, make_nonce())
+        session = self.sessions.create(request.tee, make_nonce(), client)
         return session, {"nonce": session.nonce, "extra-params": ""}
 
     def attest(self, session_id: str | None, body: bytes) -> Session:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from importlib import resources
@@ -14,6 +13,7 @@ from typing import Any
 
 from inclavare.crypto.b64 import b64url_decode, b64url_encode
 from inclavare.errors import FormatError, KbsError
+from inclavare.formats.strict_json import loads_strict
 from inclavare.policy.rego_policy import PolicyCache, PolicyError
 from inclavare.policy.rego_probe import probe_policy
 from inclavare.services.kbs.store import KbsStore
@@ -59,9 +59,9 @@ class ResourcePolicyEngine:
     def set_policy(self, body: bytes) -> None:
         """Admin: ``{"policy": "<base64url Rego>"}``; compiled before it is stored."""
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise _policy_error("Illegal SetPolicy Request Json") from exc
+            doc = loads_strict(body, "SetPolicy Request Json")
+        except FormatError as exc:
+            raise _policy_error(f"Illegal SetPolicy Request Json: {exc}") from exc
         if not isinstance(doc, dict) or "policy" not in doc:
             raise _policy_error("No `policy` field inside SetPolicy Request Json")
         if not isinstance(doc["policy"], str):

@@ -1,12 +1,16 @@
 """Run the KBS: build the service from a ``KbsConfig`` and serve it with uvicorn.
 
 The listening socket is bound before uvicorn starts so ``listen = "127.0.0.1:0"`` works; the
-actual address is printed as ``inclavare kbs: listening on http://HOST:PORT``.
+actual address is printed as ``inclavare kbs: listening on http://HOST:PORT``. The socket's
+bounds (request deadline, connection caps) live in ``listener``; ``max_connections`` is kept
+below the process's descriptor limit so accept never fails with EMFILE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import resource
 import socket
 import sys
 from typing import Any
@@ -19,7 +23,9 @@ from inclavare.policy.rego_policy import PolicyCache
 from inclavare.services.kbs.admin_auth import AdminAuth, load_admin_key
 from inclavare.services.kbs.app import KbsService, create_app
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
-from inclavare.services.kbs.config import KbsConfig
+from inclavare.services.kbs.client_limits import TokenBuckets
+from inclavare.services.kbs.config import KbsConfig, Limits
+from inclavare.services.kbs.listener import guarded_protocol
 from inclavare.services.kbs.hardware_verifier import build_hardware_verifier, configured_tees
 from inclavare.services.kbs.rcar import RcarHandshake
 from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
@@ -67,14 +73,17 @@ def build_service(config: KbsConfig) -> KbsService:
         policies=policies,
         hardware_tees=configured_tees(config.attestation),
     )
-    sessions = SessionMap(config.session_timeout_seconds, config.max_sessions)
+    limits = config.limits
+    sessions = SessionMap(config.session_timeout_seconds, config.max_sessions,
+                          max_per_client=limits.max_sessions_per_client)
+    auth_rate = TokenBuckets(limits.auth_rate_per_second, limits.auth_burst)
     return KbsService(
         store=store,
-        rcar=RcarHandshake(sessions, attestation),
+        rcar=RcarHandshake(sessions, attestation, auth_rate),
         attestation=attestation,
         resource_policy=ResourcePolicyEngine(store, policies),
         tokens=TokenVerifier(token_key.public_key()),
-        admin=AdminAuth(admin_key),
+        admin=AdminAuth(admin_key, config.admin_audience, config.admin_issuer),
         payload_limit=config.payload_limit_bytes,
         session_timeout_s=config.session_timeout_seconds,
     )
@@ -94,6 +103,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Descriptors kept free of connections: the store, policy files, logs, the listening socket.
+RESERVED_FDS = 64
+
+
+def fit_to_fd_limit(limits: Limits) -> Limits:
+    """``max_connections`` below RLIMIT_NOFILE, so a flood is refused by the cap, not by EMFILE."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft - RESERVED_FDS:
+        return limits
+    fitted = max(1, soft - RESERVED_FDS)
+    log.info("max_connections lowered from %d to %d (RLIMIT_NOFILE %d, %d kept for files)",
+             limits.max_connections, fitted, soft, RESERVED_FDS)
+    return dataclasses.replace(limits, max_connections=fitted)
+
+
 def serve(config: KbsConfig) -> None:
     import uvicorn
 
@@ -103,13 +127,15 @@ def serve(config: KbsConfig) -> None:
     )
     warn_insecure(config)
     service = build_service(config)
+    limits = fit_to_fd_limit(config.limits)
     sock = bind(config.listen_host, config.listen_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"inclavare kbs: listening on {config.scheme}://{shown}:{port}", flush=True)
     server_config: Any = uvicorn.Config(
         create_app(service), log_level=config.log_level if config.log_level != "info" else "warning",
-        access_log=False, lifespan="off", server_header=False, timeout_keep_alive=30,
+        access_log=False, lifespan="off", server_header=False, http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_timeout_seconds,
         ssl_certfile=config.tls_certificate, ssl_keyfile=config.tls_private_key,
     )
     try:

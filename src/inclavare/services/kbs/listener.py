@@ -1,0 +1,153 @@
+"""Bounds on the KBS's listening socket, as a small subclass of uvicorn's httptools protocol.
+
+uvicorn times out idle keep-alive connections, but not a request that arrives slowly: a client
+that sends half its headers (or half its body) holds a connection and a file descriptor forever,
+and a few hundred such clients exhaust the broker's descriptors (slowloris). Here:
+
+- every request must arrive whole (headers and body) within ``request_timeout_seconds`` of its
+  first byte (for a new connection: of the connection), else ``408`` and the connection closes;
+- connections beyond ``max_connections``, or beyond ``max_connections_per_client`` from one client
+  address, are answered ``503`` and closed at once, so they never pile up descriptors and one
+  address cannot take the slots of the others.
+
+Each request runs in one task per connection, so the connection cap also bounds concurrency.
+Refusals and timeouts are summarised in at most one WARNING line every ``REPORT_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from inclavare.services.kbs.client_limits import client_key
+from inclavare.services.kbs.config import Limits
+from inclavare.services.kbs.protocol import error_body
+
+log = logging.getLogger("inclavare.kbs")
+REPORT_INTERVAL_S = 10.0
+
+
+def _canned(status: str, kind: str, detail: str, extra: str = "") -> bytes:
+    body = json.dumps(error_body(kind, detail), separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"{extra}connection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+REFUSED = _canned("503 Service Unavailable", "TooManyConnections",
+                  "too many connections; retry later", "retry-after: 1\r\n")
+TIMED_OUT = _canned("408 Request Timeout", "RequestTimeout", "the request did not arrive in time")
+
+
+class ConnectionGuard:
+    """Connection counts shared by every connection of one listener (one event loop: no lock)."""
+
+    def __init__(self, limits: Limits, clock: Any = time.monotonic) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+        self.timed_out = 0
+        self._clock = clock
+        self._last_report = clock()
+
+    def admit(self, client: str) -> bool:
+        held = self.per_client.get(client, 0)
+        if self.total >= self.limits.max_connections or held >= self.limits.max_connections_per_client:
+            self.refused += 1
+            self.report()
+            return False
+        self.total += 1
+        self.per_client[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.total -= 1
+        held = self.per_client[client] - 1
+        if held:
+            self.per_client[client] = held
+        else:
+            del self.per_client[client]
+
+    def note_timeout(self) -> None:
+        self.timed_out += 1
+        self.report()
+
+    def report(self) -> None:
+        now = self._clock()
+        if now - self._last_report < REPORT_INTERVAL_S:
+            return
+        log.warning("connection limits: %d refused (over max_connections %d or %d per client), "
+                    "%d closed for not sending a whole request within %g s, in the last %.0f s; "
+                    "%d open", self.refused, self.limits.max_connections,
+                    self.limits.max_connections_per_client, self.timed_out,
+                    self.limits.request_timeout_seconds, now - self._last_report, self.total)
+        self.refused = self.timed_out = 0
+        self._last_report = now
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the request deadline and the connection caps."""
+
+    guard: ClassVar[ConnectionGuard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._held_as: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        key = client_key(self.client[0] if self.client else None)
+        if not self.guard.admit(key):
+            transport.write(REFUSED)
+            transport.close()
+            return
+        self._held_as = key
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._held_as is not None:
+            self.guard.release(self._held_as)
+            self._held_as = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._held_as is None:
+            return  # refused: its answer is on the way, nothing it sends is read
+        if self._deadline is None:
+            self._arm()  # the first byte of a request starts its clock
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.guard.limits.request_timeout_seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        self.guard.note_timeout()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(TIMED_OUT)
+        self.transport.close()
+
+
+def guarded_protocol(limits: Limits) -> type[GuardedHttpProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with its own connection counts."""
+    return type("KbsHttpProtocol", (GuardedHttpProtocol,), {"guard": ConnectionGuard(limits)})
