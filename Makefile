@@ -27,7 +27,7 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard src/inclavare/native/*.c src/inclavare/runtime/launcher.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	$(VENV)/bin/inclavare install-rune --output $(VENV)/bin/rune --runc $(RUNC)

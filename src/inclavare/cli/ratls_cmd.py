@@ -69,6 +69,40 @@ def _issuer_ca_option(group: Any) -> None:
                             "accepted. Repeatable.")
 
 
+def _positive(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    return parse
+
+
+def _relay_limit_options(parser: argparse.ArgumentParser) -> None:
+    from inclavare.ratls.relay import RelayLimits
+
+    d = RelayLimits()
+    parser.add_argument("--max-connections", type=_positive(int), default=d.max_connections, metavar="N",
+                        help=f"relayed connections in all (default {d.max_connections}; lowered to fit the "
+                             "descriptor limit); over it a client is closed at once")
+    parser.add_argument("--max-per-client", type=_positive(int), default=d.per_client, metavar="N",
+                        help=f"relayed connections from one client address (default {d.per_client})")
+    parser.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout, metavar="SECONDS",
+                        help=f"close a connection that carried no byte either way for this long "
+                             f"(default {d.idle_timeout:g}; 0: never)")
+
+
+def _relay_limits(args: argparse.Namespace) -> Any:
+    from inclavare.ratls.relay import RelayLimits
+
+    return RelayLimits(max_connections=max(1, args.max_connections), per_client=max(1, args.max_per_client),
+                       idle_timeout=args.idle_timeout)
+
+
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("ratls", help="attested TLS (RA-TLS): relays, certificates",
                             description="Attested TLS with interoperable RA-TLS certificates.")
@@ -82,6 +116,7 @@ def add_parser(sub: Any) -> None:
                        help="require and verify the client's RA-TLS certificate")
     _local_certificate_options(serve)
     _verification_options(serve)
+    _relay_limit_options(serve)
     serve.set_defaults(handler=_serve)
 
     connect = commands.add_parser("connect", help="plain local port carried over RA-TLS")
@@ -91,6 +126,7 @@ def add_parser(sub: Any) -> None:
                          help="present our own RA-TLS certificate to the server")
     _local_certificate_options(connect)
     _verification_options(connect)
+    _relay_limit_options(connect)
     connect.set_defaults(handler=_connect)
 
     issue = commands.add_parser("issue", help="issue an RA-TLS certificate from the current TEE")
@@ -242,7 +278,8 @@ def _serve(args: argparse.Namespace) -> int:
     forward = relay.Endpoint.parse(args.forward, "--forward")
     verifier = _verifier(args) if args.mutual else None
     context = server_context(_credentials(args), verifier)
-    return _run_relay(relay.serve(listen, forward, context, ready=relay.print_ready("ratls serve")))
+    return _run_relay(relay.serve(listen, forward, context, ready=relay.print_ready("ratls serve"),
+                                  limits=_relay_limits(args)))
 
 
 def _connect(args: argparse.Namespace) -> int:
@@ -253,7 +290,8 @@ def _connect(args: argparse.Namespace) -> int:
     remote = relay.Endpoint.parse(args.connect, "--connect")
     verifier = _verifier(args)
     context = client_context(verifier, _credentials(args) if args.mutual else None)
-    return _run_relay(relay.connect(listen, remote, context, ready=relay.print_ready("ratls connect")))
+    return _run_relay(relay.connect(listen, remote, context, ready=relay.print_ready("ratls connect"),
+                                    limits=_relay_limits(args)))
 
 
 def _issue(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 _CHUNK = 256 * 1024
 
 RefusedCallback = Callable[[BaseException, Any], None]
+Admit = Callable[[Any], "Callable[[], None] | None"]  # peername -> release callback, or None: refuse
 
 
 class TlsConnectionError(InclavareError, ConnectionError):
@@ -94,7 +95,7 @@ class _TlsProtocol(asyncio.Protocol):
 
     def __init__(self, context: SSL.Context, *, server_side: bool,
                  app_factory: Callable[[], asyncio.Protocol], handshake_timeout: float,
-                 on_refused: RefusedCallback | None = None) -> None:
+                 on_refused: RefusedCallback | None = None, admit: Admit | None = None) -> None:
         self._conn = SSL.Connection(context, None)
         self._conn.set_app_data(ConnectionState())
         if server_side:
@@ -108,6 +109,8 @@ class _TlsProtocol(asyncio.Protocol):
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._on_refused = on_refused
+        self._admit = admit
+        self._release: Callable[[], None] | None = None
         self._server_side = server_side
         self._handshaken = False
         self._closed = False
@@ -120,6 +123,12 @@ class _TlsProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._admit is not None:
+            self._release = self._admit(transport.get_extra_info("peername"))
+            if self._release is None:  # over a cap: closed before any TLS work, not reported
+                self._closed = self._handshaken = True
+                transport.abort()
+                return
         self._transport = transport
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
         self._advance_handshake()
@@ -141,6 +150,10 @@ class _TlsProtocol(asyncio.Protocol):
         return bool(keep_open)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._release is not None:
+            self._release()
+        if self._transport is None:
+            return  # refused by admission
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -319,17 +332,19 @@ async def start_server(
     client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
     host: str | None = None, port: int | None = None, *, context: SSL.Context,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, on_refused: RefusedCallback | None = None,
-    limit: int = 2 ** 16, **kwargs: Any,
+    limit: int = 2 ** 16, admit: Admit | None = None, **kwargs: Any,
 ) -> asyncio.Server:
     """An RA-TLS server: ``client_connected_cb(reader, writer)`` runs only for clients whose
     handshake (and, in mutual mode, RA-TLS verification) succeeded; refused clients are reported
-    to ``on_refused(error, peername)`` (logged by default)."""
+    to ``on_refused(error, peername)`` (logged by default). ``admit(peername)`` is asked first,
+    before any TLS work: it returns a release callback (called when the connection ends), or
+    None to close the connection at once."""
     loop = asyncio.get_running_loop()
 
     def factory() -> _TlsProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         app = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
         return _TlsProtocol(context, server_side=True, app_factory=lambda: app,
-                            handshake_timeout=handshake_timeout, on_refused=on_refused)
+                            handshake_timeout=handshake_timeout, on_refused=on_refused, admit=admit)
 
     return await loop.create_server(factory, host, port, **kwargs)

@@ -9,6 +9,10 @@
 A connection is forwarded only after its handshake (and verification) completed; a refused
 peer is logged with the reason and never reaches the other side. Half-closes propagate
 (TLS close_notify ⇄ TCP FIN).
+
+Both relays are bounded (:class:`RelayLimits`): connections in all and per client address are
+capped *before* any TLS work (over the cap: closed at once), a connection that carries no byte
+either way for ``idle_timeout`` is closed, and reaching the other end has a deadline.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,65 @@ from inclavare.ratls import aio
 log = logging.getLogger("inclavare.ratls.relay")
 
 _BUFFER = 64 * 1024
+_SPARE_FDS = 64  # descriptors kept free for the listener, logs and the event loop
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLimits:
+    max_connections: int = 1024  # relayed connections in all (each holds two descriptors)
+    per_client: int = 64  # from one client address
+    idle_timeout: float = 600.0  # no byte either way for this long: both sides are closed (0: never)
+    connect_timeout: float = 10.0  # to reach the forward / remote end (TCP and TLS handshake)
+
+    def effective_max(self) -> int:
+        """``max_connections``, lowered so two descriptors per connection fit in RLIMIT_NOFILE:
+        over the cap a client is refused; out of descriptors, accept() would fail for everyone."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(1, min(self.max_connections, (soft - _SPARE_FDS) // 2))
+
+
+class ConnectionGate:
+    """Counts relayed connections in all and per client address; refusals are summarised in
+    one log line every 10 s instead of one line per refused connection."""
+
+    def __init__(self, limits: RelayLimits) -> None:
+        self.limits = limits
+        self.max_connections = limits.effective_max()
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+        self._refused = 0
+        self._reported = time.monotonic()
+
+    def enter(self, peer: Any) -> Callable[[], None] | None:
+        """A release callback when ``peer`` may connect; None when a cap is reached."""
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if self.total >= self.max_connections or self.per_client.get(client, 0) >= self.limits.per_client:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._reported >= 10:
+                log.warning("refused %d connection(s) over the caps (%d in all, %d per client) in the last %.0f s",
+                            self._refused, self.max_connections, self.limits.per_client, now - self._reported)
+                self._refused, self._reported = 0, now
+            return None
+        self.total += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.total -= 1
+            left = self.per_client[client] - 1
+            if left:
+                self.per_client[client] = left
+            else:
+                del self.per_client[client]
+
+        return release
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +122,10 @@ def describe_verdict(verdict: Any) -> str:
     return f"{verdict.evidence_type} {identity[:16]}… status {verdict.status}"
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[float]) -> None:
     try:
         while data := await reader.read(_BUFFER):
+            seen[0] = time.monotonic()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof() and not writer.is_closing():
@@ -70,12 +136,27 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter], idle_timeout: float = 0) -> None:
+    """Copy both ways until both ends closed; with ``idle_timeout``, until no byte moved either
+    way for that long (a download with a silent upload is not idle)."""
+    seen = [time.monotonic()]
+    pipes = asyncio.gather(_pipe(a[0], b[1], seen), _pipe(b[0], a[1], seen))
     try:
-        await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
+        if idle_timeout <= 0:
+            await pipes
+            return
+        while not pipes.done():
+            wait = seen[0] + idle_timeout - time.monotonic()
+            if wait <= 0:
+                log.info("closed an idle relayed connection (no byte either way for %g s)", idle_timeout)
+                pipes.cancel()
+                break
+            await asyncio.wait({pipes}, timeout=wait)
     finally:
         for writer in (a[1], b[1]):
             writer.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pipes
         for writer in (a[1], b[1]):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -87,41 +168,58 @@ def _refused(error: BaseException, peer: Any) -> None:
 
 async def serve(listen: Endpoint, forward: Endpoint, context: SSL.Context, *,
                 ready: Callable[[str], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, limits: RelayLimits | None = None) -> None:
     """Run the RA-TLS → plain relay until ``stop`` is set."""
+    limits = limits or RelayLimits()
+    gate = ConnectionGate(limits)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         log.info("accepted %s: %s", peer, describe_verdict(writer.get_extra_info("ratls_verdict")))
         try:
-            backend = await asyncio.open_connection(forward.host, forward.port)
-        except OSError as exc:
-            log.warning("cannot reach %s for %s: %s", forward, peer, exc.strerror or exc)
+            backend = await asyncio.wait_for(asyncio.open_connection(forward.host, forward.port),
+                                             limits.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
+            log.warning("cannot reach %s for %s: %s", forward, peer, reason)
             writer.close()
             return
-        await _splice((reader, writer), backend)
+        await _splice((reader, writer), backend, limits.idle_timeout)
 
     server = await aio.start_server(handle, listen.host, listen.port, context=context,
-                                    on_refused=_refused)
+                                    on_refused=_refused, admit=gate.enter)
     await _run(server, ready, stop)
 
 
 async def connect(listen: Endpoint, remote: Endpoint, context: SSL.Context, *,
                   ready: Callable[[str], None] | None = None,
-                  stop: asyncio.Event | None = None) -> None:
+                  stop: asyncio.Event | None = None, limits: RelayLimits | None = None) -> None:
     """Run the plain → RA-TLS relay until ``stop`` is set."""
+    limits = limits or RelayLimits()
+    gate = ConnectionGate(limits)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        try:
-            remote_streams = await aio.open_connection(remote.host, remote.port, context=context)
-        except InclavareError as exc:
-            log.warning("refused %s for %s: %s", remote, peer, exc)
+        release = gate.enter(peer)
+        if release is None:
             writer.close()
             return
-        verdict = remote_streams[1].get_extra_info("ratls_verdict")
-        log.info("connected %s to %s: %s", peer, remote, describe_verdict(verdict))
-        await _splice((reader, writer), remote_streams)
+        try:
+            try:
+                remote_streams = await asyncio.wait_for(
+                    aio.open_connection(remote.host, remote.port, context=context,
+                                        handshake_timeout=limits.connect_timeout),
+                    limits.connect_timeout + 1)
+            except (InclavareError, OSError, asyncio.TimeoutError) as exc:
+                reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else exc
+                log.warning("refused %s for %s: %s", remote, peer, reason)
+                writer.close()
+                return
+            verdict = remote_streams[1].get_extra_info("ratls_verdict")
+            log.info("connected %s to %s: %s", peer, remote, describe_verdict(verdict))
+            await _splice((reader, writer), remote_streams, limits.idle_timeout)
+        finally:
+            release()
 
     server = await asyncio.start_server(handle, listen.host, listen.port)
     await _run(server, ready, stop)
