@@ -30,8 +30,10 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from inclavare.connection_caps import ConnectionCaps
 from inclavare.errors import ConfigError, InclavareError
 from inclavare.ratls import aio
+from inclavare.ratls.tls import HandshakeFailed
 
 log = logging.getLogger("inclavare.ratls.relay")
 
@@ -55,46 +57,40 @@ class RelayLimits:
         return max(1, min(self.max_connections, (soft - _SPARE_FDS) // 2))
 
 
-class ConnectionGate:
-    """Counts relayed connections in all and per client address; refusals are summarised in
-    one log line every 10 s instead of one line per refused connection."""
+def _client_of(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+class RelayGate:
+    """Admission (caps before any TLS work) and the refusal log of one relay listener: a failed or
+    stalled handshake is counted and summarised every 10 s, a refused certificate logged with its
+    reason (each one cost its sender a full handshake)."""
 
     def __init__(self, limits: RelayLimits) -> None:
-        self.limits = limits
-        self.max_connections = limits.effective_max()
-        self.total = 0
-        self.per_client: dict[str, int] = {}
-        self._refused = 0
-        self._reported = time.monotonic()
+        self.caps = ConnectionCaps(limits.effective_max(), limits.per_client, log=log,
+                                   what="relay connection limits")
 
     def enter(self, peer: Any) -> Callable[[], None] | None:
-        """A release callback when ``peer`` may connect; None when a cap is reached."""
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        if self.total >= self.max_connections or self.per_client.get(client, 0) >= self.limits.per_client:
-            self._refused += 1
-            now = time.monotonic()
-            if now - self._reported >= 10:
-                log.warning("refused %d connection(s) over the caps (%d in all, %d per client) in the last %.0f s",
-                            self._refused, self.max_connections, self.limits.per_client, now - self._reported)
-                self._refused, self._reported = 0, now
+        """A release callback, or None when a cap is reached."""
+        client = _client_of(peer)
+        if not self.caps.admit(client):
             return None
-        self.total += 1
-        self.per_client[client] = self.per_client.get(client, 0) + 1
         released = False
 
         def release() -> None:
             nonlocal released
-            if released:
-                return
-            released = True
-            self.total -= 1
-            left = self.per_client[client] - 1
-            if left:
-                self.per_client[client] = left
-            else:
-                del self.per_client[client]
+            if not released:
+                released = True
+                self.caps.release(client)
 
         return release
+
+    def refused(self, error: BaseException, peer: Any) -> None:
+        if isinstance(error, HandshakeFailed):
+            log.debug("refused %s: %s", peer, error)
+            self.caps.note("TLS handshakes failed or timed out")
+        else:
+            log.warning("refused %s: %s", peer, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,16 +158,12 @@ async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                 await writer.wait_closed()
 
 
-def _refused(error: BaseException, peer: Any) -> None:
-    log.warning("refused %s: %s", peer, error)
-
-
 async def serve(listen: Endpoint, forward: Endpoint, context: SSL.Context, *,
                 ready: Callable[[str], None] | None = None,
                 stop: asyncio.Event | None = None, limits: RelayLimits | None = None) -> None:
     """Run the RA-TLS → plain relay until ``stop`` is set."""
     limits = limits or RelayLimits()
-    gate = ConnectionGate(limits)
+    gate = RelayGate(limits)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -187,7 +179,7 @@ async def serve(listen: Endpoint, forward: Endpoint, context: SSL.Context, *,
         await _splice((reader, writer), backend, limits.idle_timeout)
 
     server = await aio.start_server(handle, listen.host, listen.port, context=context,
-                                    on_refused=_refused, admit=gate.enter)
+                                    on_refused=gate.refused, admit=gate.enter)
     await _run(server, ready, stop)
 
 
@@ -196,7 +188,7 @@ async def connect(listen: Endpoint, remote: Endpoint, context: SSL.Context, *,
                   stop: asyncio.Event | None = None, limits: RelayLimits | None = None) -> None:
     """Run the plain → RA-TLS relay until ``stop`` is set."""
     limits = limits or RelayLimits()
-    gate = ConnectionGate(limits)
+    gate = RelayGate(limits)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

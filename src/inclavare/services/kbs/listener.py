@@ -11,7 +11,7 @@ and a few hundred such clients exhaust the broker's descriptors (slowloris). Her
   address cannot take the slots of the others.
 
 Each request runs in one task per connection, so the connection cap also bounds concurrency.
-Refusals and timeouts are summarised in at most one WARNING line every ``REPORT_INTERVAL_S``.
+Refusals and timeouts are summarised in at most one WARNING line every 10 s.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from inclavare.connection_caps import ConnectionCaps
 from inclavare.services.kbs.client_limits import client_key
 from inclavare.services.kbs.config import Limits
 from inclavare.services.kbs.protocol import error_body
 
 log = logging.getLogger("inclavare.kbs")
-REPORT_INTERVAL_S = 10.0
 
 
 def _canned(status: str, kind: str, detail: str, extra: str = "") -> bytes:
@@ -44,57 +44,17 @@ REFUSED = _canned("503 Service Unavailable", "TooManyConnections",
 TIMED_OUT = _canned("408 Request Timeout", "RequestTimeout", "the request did not arrive in time")
 
 
-class ConnectionGuard:
-    """Connection counts shared by every connection of one listener (one event loop: no lock)."""
-
-    def __init__(self, limits: Limits, clock: Any = time.monotonic) -> None:
-        self.limits = limits
-        self.total = 0
-        self.per_client: dict[str, int] = {}
-        self.refused = 0
-        self.timed_out = 0
-        self._clock = clock
-        self._last_report = clock()
-
-    def admit(self, client: str) -> bool:
-        held = self.per_client.get(client, 0)
-        if self.total >= self.limits.max_connections or held >= self.limits.max_connections_per_client:
-            self.refused += 1
-            self.report()
-            return False
-        self.total += 1
-        self.per_client[client] = held + 1
-        return True
-
-    def release(self, client: str) -> None:
-        self.total -= 1
-        held = self.per_client[client] - 1
-        if held:
-            self.per_client[client] = held
-        else:
-            del self.per_client[client]
-
-    def note_timeout(self) -> None:
-        self.timed_out += 1
-        self.report()
-
-    def report(self) -> None:
-        now = self._clock()
-        if now - self._last_report < REPORT_INTERVAL_S:
-            return
-        log.warning("connection limits: %d refused (over max_connections %d or %d per client), "
-                    "%d closed for not sending a whole request within %g s, in the last %.0f s; "
-                    "%d open", self.refused, self.limits.max_connections,
-                    self.limits.max_connections_per_client, self.timed_out,
-                    self.limits.request_timeout_seconds, now - self._last_report, self.total)
-        self.refused = self.timed_out = 0
-        self._last_report = now
+def connection_guard(limits: Limits, clock: Any = time.monotonic) -> ConnectionCaps:
+    """Connection counts shared by every connection of one listener."""
+    return ConnectionCaps(limits.max_connections, limits.max_connections_per_client, log=log,
+                          what="connection limits", clock=clock)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the request deadline and the connection caps."""
 
-    guard: ClassVar[ConnectionGuard]
+    guard: ClassVar[ConnectionCaps]
+    limits: ClassVar[Limits]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,7 +90,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self.guard.limits.request_timeout_seconds, self._expired)
+        self._deadline = self.loop.call_later(self.limits.request_timeout_seconds, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -141,7 +101,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        self.guard.note_timeout()
+        self.guard.note(f"closed for not sending a whole request within "
+                        f"{self.limits.request_timeout_seconds:g} s")
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(TIMED_OUT)
@@ -150,4 +111,4 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 def guarded_protocol(limits: Limits) -> type[GuardedHttpProtocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with its own connection counts."""
-    return type("KbsHttpProtocol", (GuardedHttpProtocol,), {"guard": ConnectionGuard(limits)})
+    return type("KbsHttpProtocol", (GuardedHttpProtocol,), {"guard": connection_guard(limits), "limits": limits})
