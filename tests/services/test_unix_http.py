@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from inclavare.errors import ConfigError
 from inclavare.services.peer import Peer
 from inclavare.services.unix_http import HttpError, Limits, Request, Response, Tunnel, UnixHttpServer
 from tests.support.loopback import serve_in_background
@@ -225,3 +226,24 @@ def test_tunnels_are_capped_and_idle_ones_closed(make_server) -> None:  # type: 
     assert _status(second) == 503
     assert first.recv(100) == b""  # closed for idleness
     first.close()
+
+
+def test_a_live_socket_is_never_taken_over_and_a_stale_one_is_replaced(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A second server on a path someone still serves would leave the first running but
+    unreachable (seen with two `inclavare agent serve`): refused in one line instead."""
+    first = make_server()
+    second = UnixHttpServer(Limits())
+    with pytest.raises(ConfigError, match="another process is serving on this socket"):
+        second.listen(first.path, first.handle, name="second")
+    assert _status(_raw(first.path, b"GET /still-mine HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+
+    stale = tmp_path / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(stale))  # bound, never listening: what a killed server leaves
+    leftover.close()
+    second.listen(str(stale), first.handle, name="second")
+    second.start()
+    try:
+        assert _status(_raw(str(stale), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+    finally:
+        second.stop()

@@ -30,6 +30,13 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line: what the system said, and about which path."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inclavare",
@@ -57,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `inclavare inspect … | head`: the reader left, not a bug
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # the environment said no (a missing directory, a port in use): not a bug
+        print(f"inclavare: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
         if os.environ.get("INCLAVARE_DEBUG"):
             raise

@@ -122,6 +122,11 @@ def install_launcher(output: str, runc: str | None = None, kind: str = "auto",
     ``agent_socket``/``state_dir`` become the launcher's defaults for INCLAVARE_AGENT_SOCKET and
     INCLAVARE_RUNE_STATE. Returns the kind written."""
     runc = resolve_runc(runc)
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"cannot write the launcher to {output}: directory {directory} does not exist")
+    if os.path.isdir(output):
+        raise ConfigError(f"cannot write the launcher to {output}: it is a directory (give the file's path)")
     agent_socket = os.path.abspath(agent_socket or DEFAULT_AGENT_SOCKET)
     state_dir = os.path.abspath(state_dir or DEFAULT_STATE_DIR)
     if kind in ("native", "auto"):

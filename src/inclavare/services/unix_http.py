@@ -179,17 +179,34 @@ def _shutdown_write(sock: socket.socket) -> None:
         pass
 
 
-def _bind_unix(sock: socket.socket, path: str) -> None:
-    """bind() a unix socket; a path longer than sun_path allows is reached through its directory
-    (``/proc/self/fd/N/name``), so deep state directories work too."""
+def _at_path(sock: socket.socket, path: str, call: str) -> None:
+    """``bind`` or ``connect`` a unix socket; a path longer than sun_path allows is reached
+    through its directory (``/proc/self/fd/N/name``), so deep state directories work too."""
     if len(os.fsencode(path)) < 100:
-        sock.bind(path)
+        getattr(sock, call)(path)
         return
     dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        sock.bind(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
+        getattr(sock, call)(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
     finally:
         os.close(dirfd)
+
+
+def _served(path: str) -> bool:
+    """Whether something accepts connections on the unix socket at ``path`` right now."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        _at_path(probe, path, "connect")
+        return True
+    except BlockingIOError:
+        return True  # a full backlog: served, and busy
+    except OSError:
+        return False  # refused (a stale file), not a socket, gone
+    finally:
+        probe.close()
 
 
 def _answer_bytes(status: int, detail: str) -> bytes:
@@ -249,14 +266,19 @@ class UnixHttpServer:
 
     def listen(self, path: str, handle: Handler, *, name: str, mode: int = 0o600,
                admit: Admit = _admit_anyone) -> Listener:
-        """Bind a unix socket at ``path`` (replacing a stale file) and serve it."""
+        """Bind a unix socket at ``path`` (replacing a stale file) and serve it. A socket some
+        other process still serves is never taken over (ConfigError): it would leave that
+        process running but unreachable."""
+        if _served(path):
+            raise ConfigError(f"{path}: another process is serving on this socket; stop it first "
+                              "(or choose another path)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            _bind_unix(sock, path)
+            _at_path(sock, path, "bind")
             os.chmod(path, mode)
             sock.listen(BACKLOG)
         except OSError:

@@ -1,0 +1,56 @@
+"""Operator mistakes end in one line and exit 1 or 2, never an internal error (70).
+
+Each case is a mistake seen in practice: a second node agent on a live socket (it used to take the
+socket over silently, leaving the first agent alive but unreachable), a relay on a port in use, a
+launcher written into a directory that does not exist."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from inclavare.services.agent import client
+from inclavare.tee.sim_authority import SimAuthority
+from tests.support.agent import AgentProcess
+
+INCLAVARE = str(Path(sys.executable).parent / "inclavare")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INCLAVARE, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line(r: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inclavare: error: ") and words in lines[0], r.stderr
+
+
+def test_a_second_agent_on_a_live_socket_refuses_and_the_first_keeps_serving(tmp_path: Path) -> None:
+    (tmp_path / "first").mkdir()
+    first = AgentProcess(tmp_path / "first").start()
+    try:
+        r = run("agent", "serve", "--state-dir", str(tmp_path / "second"), "--socket", first.socket)
+        assert_one_line(r, 2, "another process is serving on this socket")
+        assert client.call(first.socket, "GET", "/v1/health", timeout=5)["status"] == "ok"
+    finally:
+        first.stop()
+
+
+def test_a_relay_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        authority = SimAuthority.load_or_create(str(tmp_path / "sim"))
+        r = run("ratls", "serve", "--listen", f"127.0.0.1:{port}", "--forward", "127.0.0.1:9",
+                "--attester", "sim", "--sim-authority", authority._state_dir)  # noqa: SLF001
+        assert_one_line(r, 1, "address already in use")
+
+
+def test_a_launcher_into_a_missing_directory_is_one_line(tmp_path: Path) -> None:
+    r = run("install-rune", "--output", str(tmp_path / "missing" / "rune"))
+    assert_one_line(r, 2, "does not exist")
+    assert not (tmp_path / "missing").exists()
