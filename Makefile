@@ -7,7 +7,8 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 RUNC ?= $(shell command -v runc 2>/dev/null || echo /usr/sbin/runc)
 PYTEST_ARGS ?=
 
-# Debian packages the project and its tests use (see docs/install.md).
+# Debian packages the project and its tests use (runc, busybox and the container engines the tests
+# drive; swtpm and skopeo for the TPM and image work; gcc for rune's native launcher).
 APT_PACKAGES := runc busybox-static containerd podman skopeo umoci docker-registry \
 	swtpm swtpm-tools tpm2-tools containernetworking-plugins conmon uidmap \
 	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql

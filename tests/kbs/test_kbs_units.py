@@ -423,3 +423,16 @@ def test_token_buckets_refill_and_stay_bounded() -> None:
     assert len(buckets) == 10
     assert client_key("2001:db8::1") == client_key("2001:db8::ffff") == "2001:db8::/64"
     assert client_key("::ffff:10.1.2.3") == "10.1.2.3" and client_key(None) == ""
+
+
+@pytest.mark.parametrize("debug, configuration, status", [(False, 2, "affirming"), (True, 96, "contraindicated")])
+def test_default_appraisal_contraindicates_an_snp_guest_with_debug_allowed(
+        debug: bool, configuration: int, status: str) -> None:
+    """The default resource policy denies contraindicated appraisals, so a debug SNP guest (whose
+    memory the host can read) gets no secret by default; SGX/TDX debug is refused earlier, by the
+    verifier."""
+    from inclavare.services.kbs.attestation_service import default_attestation_policy
+
+    output = RegoPolicy(default_attestation_policy(), "", {"reference": {}}).evaluate({"snp": {"debug": debug}})
+    assert output["configuration"] == configuration
+    assert ear.appraisal_from_policy_output({"configuration": output["configuration"]}, "p").status == status

@@ -75,3 +75,8 @@ hardware := 2 if {
 }
 
 configuration := 2 if input.snp.debug == false
+
+# An SNP guest launched with debug allowed: the host can read and write its memory. SGX and TDX
+# debug enclaves never get here (the verifier refuses them, as Intel's appraisal does); for SNP the
+# bit is the guest owner's launch policy, so it is judged here: contraindicated, whatever else.
+configuration := 96 if input.snp.debug == true
