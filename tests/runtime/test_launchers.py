@@ -54,6 +54,7 @@ def test_native_and_python_launchers_agree(launchers: dict[str, str], bundle_fac
         ["state", "enc"], ["state", "other"], ["state", "../enc"], ["list"], ["list", "-f", "json"], ["ps", "enc"],
         ["pause", "enc"], ["resume", "enc"], ["update", "--memory", "1", "enc"], ["events", "--stats", "enc"],
         ["spec"], ["features"], ["attest", "enc"], ["attest", "--runtime-data", "x", "enc"], ["--version"], ["-v"],
+        ["--help"], ["-h"], ["attest", "--help"],
         ["nosuch"], [], ["checkpoint", "--image-path", "x", "enc"],
     ]
     cwd = str(tmp_path)
@@ -91,3 +92,18 @@ def test_native_launcher_reports_a_missing_runc(launchers: dict[str, str], bundl
         assert r.returncode == 1 and "cannot execute runc at /nonexistent/runc" in r.stderr, kind
         entry = json.loads(log.read_text().splitlines()[-1])
         assert entry["level"] == "error" and "/nonexistent/runc" in entry["msg"], kind
+
+
+def test_help_says_what_rune_adds(launchers: dict[str, str], tmp_path: Path) -> None:
+    """`rune --help` is runc's help plus rune's own section; `rune attest --help` is a usage, exit 0;
+    an attest for a container that is not in --root says where containerd keeps its containers."""
+    for kind, launcher in launchers.items():
+        top = subprocess.run([launcher, "--help"], capture_output=True, text=True, timeout=30)
+        assert top.returncode == 0 and "runc - Open Container Initiative runtime" in top.stdout, kind
+        assert "RUNE COMMANDS:" in top.stdout and "attest" in top.stdout.split("RUNE COMMANDS:")[1], kind
+        usage = subprocess.run([launcher, "attest", "--help"], capture_output=True, text=True, timeout=30)
+        assert usage.returncode == 0 and usage.stdout.startswith("Usage: rune [global options] attest"), kind
+        missing = subprocess.run([launcher, "--root", str(tmp_path), "attest", "nosuch"], capture_output=True,
+                                 text=True, timeout=30)
+        assert missing.returncode == 1 and "does not exist in" in missing.stderr, kind
+        assert "/run/containerd/runc/NAMESPACE" in missing.stderr and len(missing.stderr.splitlines()) == 1, kind

@@ -661,6 +661,8 @@ int main(int argc, char **argv)
 			log_format = value && *value ? value : "text";
 		else if ((n == 7 && !strncmp(a, "version", 7)) || (n == 1 && a[0] == 'v'))
 			want_version = 1;
+		else if ((n == 4 && !strncmp(a, "help", 4)) || (n == 1 && a[0] == 'h'))
+			want_version = 1; /* rune's own help (runc's, plus what rune adds): Python */
 	}
 	if (want_version)
 		exec_python();

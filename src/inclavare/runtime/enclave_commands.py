@@ -102,6 +102,16 @@ def _repeated_flags(inv: Invocation, names: tuple[str, ...]) -> list[tuple[str, 
     return out
 
 
+ATTEST_USAGE = """Usage: rune [global options] attest [--runtime-data DATA] CONTAINER_ID
+
+Print the evidence (JSON) of a simulated enclave container, produced inside the enclave: the
+attest client runs in the container (runc exec) and asks the container's enclave agent, which
+obtains a quote over report data binding DATA. The evidence is SIMULATED: it proves nothing
+about hardware. Containers started by containerd live under its runc root:
+   rune --root /run/containerd/runc/NAMESPACE attest ID
+"""
+
+
 def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
     """``rune attest [--runtime-data S] ID``: the container's evidence, produced by the enclave.
 
@@ -115,7 +125,8 @@ def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
     record = ContainerRecord.load(inv.root, cid)
     if record is None or record.enclave is None:
         if not runc_knows(inv.root, runc, cid):
-            raise InclavareError(f"container {cid} does not exist")
+            raise InclavareError(f"container {cid} does not exist in {inv.root} (containers started by "
+                                 "containerd live under --root /run/containerd/runc/NAMESPACE)")
         raise InclavareError(f"container {cid} is not an enclave container")
     if record.enclave.get("type") != "sim":
         raise NotSupportedError(

@@ -54,11 +54,17 @@ def run_slow_path(inv: Invocation, runc: str) -> int:
 def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
     if "version" in inv.globals or "v" in inv.globals:
         return _version(runc)
+    if "help" in inv.globals or "h" in inv.globals:
+        return _help(runc)
     cmd = inv.command
     if cmd in ("create", "run"):
         return _create_or_run(inv, runc, log)
     if cmd == "attest":
-        from inclavare.runtime.enclave_commands import attest
+        from inclavare.runtime.enclave_commands import ATTEST_USAGE, attest
+
+        if "help" in inv.flags or "h" in inv.flags:
+            print(ATTEST_USAGE, end="", flush=True)
+            return 0
 
         return attest(inv, runc, log)
     record = ContainerRecord.load(inv.root, inv.container_id)
@@ -75,6 +81,25 @@ def _dispatch(inv: Invocation, runc: str, log: RuneLog) -> int:
         return state(inv, runc, record)
     exec_runc(runc, inv.argv)
     return 1  # not reached
+
+
+RUNE_HELP = """
+RUNE:
+   rune is runc with enclaves (Inclavare): every runc command and flag above works unchanged; a
+   container whose bundle asks for an enclave (annotation enclave.type, or ENCLAVE_TYPE in its
+   environment) is measured and run inside one.
+
+RUNE COMMANDS:
+   attest   print a simulated enclave container's evidence, produced inside the enclave
+            (rune attest --help)
+"""
+
+
+def _help(runc: str) -> int:
+    """runc's own help, then what rune adds to it."""
+    status = wait_child(spawn(runc, ["--help"]))
+    print(RUNE_HELP, end="", flush=True)
+    return status
 
 
 def _version(runc: str) -> int:

@@ -61,7 +61,7 @@ def needs_rune(inv: Invocation) -> bool:
         return exists(path + "/" + RUNELET_MARKER if cmd == "exec" else path)
     if cmd in RUNE_ONLY_COMMANDS:
         return True
-    return "version" in inv.globals or "v" in inv.globals
+    return "version" in inv.globals or "v" in inv.globals or "help" in inv.globals or "h" in inv.globals
 
 
 def main(argv: list[str], runc: str = DEFAULT_RUNC) -> int:
