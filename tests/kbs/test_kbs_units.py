@@ -436,3 +436,17 @@ def test_default_appraisal_contraindicates_an_snp_guest_with_debug_allowed(
     output = RegoPolicy(default_attestation_policy(), "", {"reference": {}}).evaluate({"snp": {"debug": debug}})
     assert output["configuration"] == configuration
     assert ear.appraisal_from_policy_output({"configuration": output["configuration"]}, "p").status == status
+
+
+@pytest.mark.parametrize("src, where", [
+    ("package policy\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n  input.x == 1\n", "line 6, column 10: this is unclosed"),
+    ("package policy\nimport rego.v1\n# é\nallow if { input.x == }\n", "line 4, column 20: Invalid boolean operator"),
+])
+def test_policy_compile_errors_name_the_line_and_print_nothing(src: str, where: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """Not regopy's S-expression with a byte offset (`(rego-errorseq (error 11:policy.rego|64|2 …`),
+    and nothing written to the server's stdout."""
+    with pytest.raises(PolicyError) as caught:
+        RegoPolicy(src, "allow")
+    assert str(caught.value) == f"policy does not compile: {where}"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -46,15 +46,16 @@ class RegoPolicy:
         target = f"data.{PACKAGE}" + (f".{rule}" if rule else "")
         self._lock = threading.Lock()
         self._interp = regopy.Interpreter()
+        self._interp.log_level = regopy.LogLevel.NONE  # errors come back as PolicyError, not on stdout
         try:
             self._interp.add_module("policy.rego", source)
             if data:
                 self._interp.add_data_json(json.dumps(data))
             self._bundle = self._interp.build(f"result := {target}", [])
         except regopy.RegoError as exc:
-            raise PolicyError(f"policy does not compile: {_first_line(str(exc))}") from exc
+            raise PolicyError(f"policy does not compile: {_compile_error(str(exc), source)}") from None
         if not self._bundle.ok():
-            raise PolicyError(f"policy does not compile: {_first_line(str(self._bundle.node))}")
+            raise PolicyError(f"policy does not compile: {_compile_error(str(self._bundle.node), source)}")
 
     def evaluate(self, input_doc: Mapping[str, Any]) -> Any:
         """The value of the rule, or ``None`` when undefined. Errors raise ``PolicyError``."""
@@ -113,6 +114,24 @@ class PolicyCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+_ERROR_AT = re.compile(r"\(error\s+\d+:[^|()]*\|(\d+)\|\d+\s+\(errormsg\s+(\d+):")
+
+
+def _compile_error(text: str, source: str) -> str:
+    """regopy reports errors as S-expressions with byte offsets
+    (``(rego-errorseq (error 11:policy.rego|64|2 (errormsg 16:this is unclosed)``): the first one
+    as ``line L, column C: message``, where the offset points in the policy's source."""
+    m = _ERROR_AT.search(text)
+    if m is None:
+        return _first_line(text)
+    offset, size = int(m[1]), int(m[2])
+    message = text[m.end():m.end() + size]
+    raw = source.encode()[:offset].decode("utf-8", "replace")
+    line = raw.count("\n") + 1
+    column = len(raw) - (raw.rfind("\n") + 1) + 1
+    return f"line {line}, column {column}: {message}"
 
 
 def _first_line(text: str) -> str:
