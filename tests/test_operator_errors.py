@@ -6,9 +6,11 @@ launcher written into a directory that does not exist."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from inclavare.services.agent import client
@@ -54,3 +56,24 @@ def test_a_launcher_into_a_missing_directory_is_one_line(tmp_path: Path) -> None
     r = run("install-rune", "--output", str(tmp_path / "missing" / "rune"))
     assert_one_line(r, 2, "does not exist")
     assert not (tmp_path / "missing").exists()
+
+
+def test_agent_state_dir_holds_its_pool_and_runtime_folder(tmp_path: Path) -> None:
+    """`agent serve --state-dir DIR` keeps everything it makes under DIR (nothing under
+    /var/lib/inclavare unless that is DIR)."""
+    (tmp_path / "a").mkdir()
+    agent = AgentProcess(tmp_path / "a")
+    env = {k: v for k, v in os.environ.items() if k not in ("INCLAVARE_EPM_DIR", "INCLAVARE_RUNELET_DIR")}
+    proc = subprocess.Popen([INCLAVARE, "agent", "serve", "--state-dir", str(agent.state_dir), "--socket",
+                             agent.socket], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                if client.call(agent.socket, "GET", "/v1/health", timeout=2)["status"] == "ok":
+                    break
+            except Exception:
+                time.sleep(0.05)
+        assert (agent.state_dir / "runelet").is_dir() and (agent.state_dir / "sim").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -127,3 +127,27 @@ def test_scan_does_not_follow_symlinks(rootfs: str, tmp_path: Path) -> None:
     os.symlink(str(secret), os.path.join(rootfs, "app", "escape"))
     entry = [e for e in scan(rootfs) if e.path == "app/escape"][0]
     assert entry.kind == "l"
+
+
+def test_a_read_only_pool_is_used_but_never_written(rootfs: str, tmp_path: Path) -> None:
+    """`inclavare measure` reports; it must not create or touch rune's enclave pool."""
+    directory = tmp_path / "epm"
+    reader = EnclavePool(str(directory), read_only=True)
+    first = measure(rootfs, PROCESS, ENCLAVE, pool=reader)
+    assert not first.cached and not directory.exists()
+    written = measure(rootfs, PROCESS, ENCLAVE, pool=EnclavePool(str(directory)))  # a writer fills it, as rune
+    before = {p: p.stat().st_mtime_ns for p in directory.rglob("*")}
+    again = measure(rootfs, PROCESS, ENCLAVE, pool=EnclavePool(str(directory), read_only=True))
+    assert again.cached and again.hex == written.hex == first.hex
+    assert {p: p.stat().st_mtime_ns for p in directory.rglob("*")} == before
+
+
+def test_measure_command_creates_no_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from inclavare.cli.main import main
+    from inclavare.sample_images import make_bundle
+
+    bundle = make_bundle(str(tmp_path / "b"), ["/bin/true"], rootfs=build_busybox_rootfs(str(tmp_path / "rootfs")),
+                         annotations={"enclave.type": "sim"})
+    assert main(["measure", bundle, "--pool", str(tmp_path / "epm")]) == 0
+    assert len(capsys.readouterr().out.strip()) == 64
+    assert not (tmp_path / "epm").exists()

@@ -142,8 +142,27 @@ def test_bad_inputs(authority: SimAuthority) -> None:
         SimAuthority.load_or_create("")
 
 
+def test_only_init_creates_an_authority(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped directory must not mint a new simulated root (export would then report success
+    for a root that matches nothing): export, quote and ratls issue refuse, and create nothing."""
+    missing = tmp_path / "typo"
+    assert main(["sim", "export", "--state-dir", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert main(["sim", "quote", "--state-dir", str(missing), "--mr-enclave", MR_ENCLAVE.hex(),
+                 "--out", str(tmp_path / "q.bin")]) == 2
+    assert main(["ratls", "issue", "--attester", "sim", "--sim-authority", str(missing),
+                 "--cert-out", str(tmp_path / "c.pem"), "--key-out", str(tmp_path / "k.pem")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no simulated authority in") == 3 and "sim init" in err
+    assert not missing.exists() and not (tmp_path / "out").exists() and not (tmp_path / "c.pem").exists()
+    assert main(["sim", "init", "--state-dir", str(missing)]) == 0
+    assert main(["sim", "init", "--state-dir", str(missing)]) == 0
+    out = capsys.readouterr().out
+    assert "created a new SIMULATED" in out and "kept the existing SIMULATED" in out
+
+
 def test_cli_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state, out = tmp_path / "state", tmp_path / "out"
+    assert main(["sim", "init", "--state-dir", str(state)]) == 0
     assert main(["sim", "export", "--state-dir", str(state), "--out", str(out)]) == 0
     assert main(["sim", "quote", "--state-dir", str(state), "--mr-enclave", MR_ENCLAVE.hex(),
                  "--report-data", NONCE.hex(), "--out", str(out / "quote.bin")]) == 0

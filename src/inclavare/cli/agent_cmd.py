@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                          "the key broker. Secrets and enclave keys never reach it: the "
                                          "enclave agent inside each container handles them.")
     s.add_argument("--state-dir", default="/var/lib/inclavare",
-                   help="persistent state: the simulated TEE authority (default: %(default)s)")
+                   help="persistent state: the simulated TEE authority (DIR/sim), the enclave pool "
+                        "(DIR/epm) and the enclave side's runtime folder (DIR/runelet); $INCLAVARE_EPM_DIR "
+                        "and $INCLAVARE_RUNELET_DIR override the last two (default: %(default)s)")
     s.add_argument("--socket", default=None,
                    help="control socket; the containers' channel directories sit next to it "
                         "(default: $INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")

@@ -1,8 +1,10 @@
 """``inclavare sim``: the simulated SGX authority of this installation (not a TEE).
 
-``sim export`` writes the simulated root CA (``root-ca.pem``) and current collateral
+``sim init`` creates an authority (the node agent creates its own on first start); ``sim
+export`` writes its simulated root CA (``root-ca.pem``) and current collateral
 (``collateral.json``) for ``inclavare verify --trust-anchor … --collateral …``; ``sim quote``
-issues a simulated SGX quote. Simulated quotes prove nothing about hardware.
+issues a simulated SGX quote. Only ``init`` ever creates an authority. Simulated quotes prove
+nothing about hardware.
 """
 
 from __future__ import annotations
@@ -23,10 +25,21 @@ def _hex(text: str, what: str, size: int | None = None) -> bytes:
     return value
 
 
+def _init(args: argparse.Namespace) -> int:
+    import os
+
+    from inclavare.tee.sim_authority import SimAuthority
+
+    existed = os.path.isfile(os.path.join(args.state_dir, "authority.json"))
+    SimAuthority.load_or_create(args.state_dir)
+    print(f"{'kept the existing' if existed else 'created a new'} SIMULATED SGX authority in {args.state_dir}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from inclavare.tee.sim_authority import SimAuthority
 
-    SimAuthority.load_or_create(args.state_dir).export(args.out)
+    SimAuthority.load_existing(args.state_dir).export(args.out)
     print(f"wrote {args.out}/root-ca.pem and {args.out}/collateral.json (SIMULATED SGX authority)")
     return 0
 
@@ -35,7 +48,7 @@ def _quote(args: argparse.Namespace) -> int:
     from inclavare.atomic_file import write_atomic
     from inclavare.tee.sim_authority import SimAuthority
 
-    authority = SimAuthority.load_or_create(args.state_dir)
+    authority = SimAuthority.load_existing(args.state_dir)
     quote = authority.quote(_hex(args.mr_enclave, "--mr-enclave", 32),
                             _hex(args.report_data, "--report-data"))
     write_atomic(args.out, quote, mode=0o644)
@@ -48,6 +61,9 @@ def add_parser(sub: Any) -> None:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = sim.add_subparsers(dest="sim_command", metavar="ACTION")
     actions.required = True
+    init = actions.add_parser("init", help="create a simulated authority (kept if one exists)")
+    init.add_argument("--state-dir", required=True, metavar="DIR", help="authority state directory")
+    init.set_defaults(handler=_init)
     export = actions.add_parser("export", help="write root-ca.pem and collateral.json")
     export.add_argument("--state-dir", required=True, metavar="DIR", help="authority state directory")
     export.add_argument("--out", required=True, metavar="OUT", help="output directory")

@@ -121,7 +121,7 @@ class SimAuthorityAttester:
     def from_state_dir(cls, state_dir: str, mr_enclave: bytes | None = None) -> SimAuthorityAttester:
         from inclavare.tee.sim_authority import SimAuthority
 
-        authority = SimAuthority.load_or_create(state_dir)
+        authority = SimAuthority.load_existing(state_dir)  # a mistyped directory must not mint a new root
         return cls(authority, mr_enclave if mr_enclave is not None else secrets.token_bytes(32))
 
     def evidence(self, report_data: bytes) -> RawEvidence:

@@ -236,8 +236,9 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     return prepared
 
 
-def measure_bundle(bundle: str) -> dict[str, Any]:
-    """What ``inclavare measure`` prints: the measurement the container will have."""
+def measure_bundle(bundle: str, pool_dir: str | None = None) -> dict[str, Any]:
+    """What ``inclavare measure`` prints: the measurement the container will have. The enclave
+    pool at ``pool_dir`` (default: rune's) is used if it exists, and never written."""
     from inclavare.runtime.bundle import absolutize, load_spec
     from inclavare.runtime.enclave_config import read_enclave_request
     from inclavare.tee.epm import DEFAULT_EPM_DIR, EnclavePool
@@ -253,8 +254,8 @@ def measure_bundle(bundle: str) -> dict[str, Any]:
     process["env"] = list(request.env)
     inject_tee(spec, config)
     destinations = mount_destinations(spec)
-    pool_dir = os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR
+    pool_dir = pool_dir or os.environ.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR
     result = measure(rootfs_path(spec, bundle), process, runtime.measured_config(config),
                      trusted=parse_trusted_arg(config.runtime_args), excluded=destinations,
-                     pool=EnclavePool(pool_dir) if os.access(os.path.dirname(pool_dir) or "/", os.W_OK) else None)
+                     pool=EnclavePool(pool_dir, read_only=True) if os.path.isdir(pool_dir) else None)
     return {"measurement": result.hex, "files": result.files, "bytes": result.total_bytes, "pool_hit": result.cached}

@@ -71,7 +71,9 @@ class Host(Immutable):
         self._set(state_base=state_base, agent_socket=agent_socket, epm_dir=epm_dir, runelet_dir=runelet_dir)
 
     @classmethod
-    def from_environment(cls, agent_socket: "str | None" = None) -> "Host":
+    def from_environment(cls, agent_socket: "str | None" = None, state_dir: "str | None" = None) -> "Host":
+        """Paths from the environment; ``state_dir`` (the node agent's ``--state-dir``) holds the
+        enclave pool and the runtime folder unless the environment says otherwise."""
         import os
 
         from inclavare.services.agent.paths import default_control_socket
@@ -80,5 +82,6 @@ class Host(Immutable):
         env = os.environ
         return cls(state_base=env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
                    agent_socket=agent_socket or default_control_socket(),
-                   epm_dir=env.get(EPM_DIR_ENV) or DEFAULT_EPM_DIR,
-                   runelet_dir=env.get(RUNELET_DIR_ENV) or DEFAULT_RUNELET_DIR)
+                   epm_dir=env.get(EPM_DIR_ENV) or (os.path.join(state_dir, "epm") if state_dir else DEFAULT_EPM_DIR),
+                   runelet_dir=env.get(RUNELET_DIR_ENV) or (os.path.join(state_dir, "runelet") if state_dir
+                                                             else DEFAULT_RUNELET_DIR))

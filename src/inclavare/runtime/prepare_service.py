@@ -54,7 +54,7 @@ def make_prepare_handler(agent: Agent) -> Callable[[Any], tuple[int, Any]]:
     from inclavare.runtime.invocation import Invocation
     from inclavare.runtime.oci_log import RuneLog
 
-    base_host = Host.from_environment(agent_socket=agent.control_socket)
+    base_host = Host.from_environment(agent_socket=agent.control_socket, state_dir=agent.state_dir)
     from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt
 
     ensure_runelet_rt(base_host.runelet_dir)  # the enclave side's runtime folder: now, not at the first create

@@ -72,8 +72,11 @@ def pool_for(directory: str) -> EnclavePool:
 
 
 class EnclavePool:
-    def __init__(self, directory: str = DEFAULT_EPM_DIR) -> None:
+    """``read_only``: use what the pool holds, never write to it (for commands that only report)."""
+
+    def __init__(self, directory: str = DEFAULT_EPM_DIR, *, read_only: bool = False) -> None:
         self.directory = directory
+        self.read_only = read_only
         self.entries_dir = os.path.join(directory, "entries")
         self._memo: dict[str, str] = {}  # signature -> files digest, for long-lived processes (the agent)
 
@@ -96,19 +99,25 @@ class EnclavePool:
         memo = self._memo.get(key)
         if memo is not None:
             try:
-                os.utime(self._path(key))  # last use; fails if `epm rm` removed the entry
+                if self.read_only:
+                    os.stat(self._path(key))  # still there (`epm rm` may have removed it)
+                else:
+                    os.utime(self._path(key))  # last use; fails if `epm rm` removed the entry
                 return memo, True
             except OSError:
                 del self._memo[key]
         doc = self._load(key)
         if doc is not None and isinstance(doc.get("files_digest"), str):
-            try:
-                os.utime(self._path(key))  # last use, for `epm ls` and eviction
-            except OSError:
-                pass
+            if not self.read_only:
+                try:
+                    os.utime(self._path(key))  # last use, for `epm ls` and eviction
+                except OSError:
+                    pass
             self._memo[key] = str(doc["files_digest"])
             return str(doc["files_digest"]), True
         digest, digests, _ = files_digest(rootfs, entries, self._known_digests())
+        if self.read_only:
+            return digest, False
         now = time.time()
         record = {
             "format": FORMAT, "key": key, "rootfs": rootfs, "files": len(entries),

@@ -172,6 +172,20 @@ class SimAuthority:
                 cls._create(state_dir, clock())
             return cls._load(state_dir, clock)
 
+    @classmethod
+    def load_existing(cls, state_dir: str, *, clock: Clock = _utcnow) -> SimAuthority:
+        """Load an authority that exists; never create one. Commands that only use an authority
+        (export, quote, issue) must not mint a new root because a directory was mistyped: every
+        quote it signed would verify against a root nothing else trusts."""
+        if not state_dir:
+            raise ConfigError("a state directory for the simulated authority is required")
+        if not os.path.isfile(os.path.join(state_dir, "authority.json")):
+            raise ConfigError(
+                f"no simulated authority in {state_dir} (the node agent keeps its own in STATE_DIR/sim, "
+                "by default /var/lib/inclavare/sim; `inclavare sim init --state-dir DIR` creates a new one)")
+        with locked(os.path.join(state_dir, ".lock")):
+            return cls._load(state_dir, clock)
+
     @staticmethod
     def _create(state_dir: str, now: dt.datetime) -> None:
         identity = _Identity.fresh()
