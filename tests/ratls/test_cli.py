@@ -74,7 +74,11 @@ def test_issue_then_inspect_and_verify(authority: SimAuthority, exported: Path, 
     ok = run("verify", str(cert), "--json", "--trust-root", str(exported / "root-ca.pem"),
              "--mr-enclave", MR_A.hex())
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["claims"]["collateral_from"] == "certificate"
+    verdict = json.loads(ok.stdout)
+    assert verdict["claims"]["collateral_from"] == "certificate"
+    assert verdict["verified"] is True and verdict["simulated"] is True  # the same keys as the text
+    text = run("verify", str(cert), "--trust-root", str(exported / "root-ca.pem"), "--mr-enclave", MR_A.hex())
+    assert "simulated: true (SIMULATED TEE" in text.stdout and "None" not in text.stdout
     wrong = run("verify", str(cert), *_trust_args(exported, MR_B))
     assert wrong.returncode == 1 and "mr_enclave" in wrong.stderr and "Traceback" not in wrong.stderr
     intel = run("verify", str(cert), "--mr-enclave", MR_A.hex())  # default trust: Intel's root only

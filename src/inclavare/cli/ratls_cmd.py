@@ -313,7 +313,9 @@ def _print_fields(document: dict[str, Any], prefix: str = "") -> None:
         elif isinstance(value, list):
             print(f"{prefix}{key}: {', '.join(str(v) for v in value) if value else '-'}")
         else:
-            text = "true" if value is True else "false" if value is False else value
+            text = "true" if value is True else "false" if value is False else "-" if value is None else value
+            if key == "simulated" and value is True:
+                text = "true (SIMULATED TEE: this evidence proves nothing about hardware)"
             print(f"{prefix}{key}: {text}")
 
 
@@ -347,8 +349,9 @@ def _verify(args: argparse.Namespace) -> int:
         if when.tzinfo is None:
             raise ConfigError("--at needs a time zone (e.g. Z)")
     verdict = _verifier(args).verify(_read(args.certificate, "certificate"), now=when)
+    document = {"verified": True, **verdict.to_dict()}  # the same keys in text and JSON
     if args.json:
-        print(json.dumps(verdict.to_dict(), indent=2))
+        print(json.dumps(document, indent=2))
     else:
-        _print_fields({"verified": True, **verdict.to_dict()})
+        _print_fields(document)
     return 0

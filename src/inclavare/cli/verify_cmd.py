@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from inclavare.errors import ConfigError
+from inclavare.errors import ConfigError, VerificationError
 
 
 def _read(path: str, what: str) -> bytes:
@@ -80,10 +80,24 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(result, sort_keys=False))
         return
     print(f"tee: {result['tee']}")
+    if result.get("simulated"):
+        print("simulated: true (SIMULATED TEE: this evidence proves nothing about hardware)")
     print(f"status: {result['status']}")
     print(f"advisory_ids: {', '.join(result['advisory_ids']) or '-'}")
     for key, value in result["claims"].items():
         print(f"{key}: {value}")
+
+
+def _simulated_quote(quote: Any) -> bool:
+    from inclavare.errors import FormatError
+    from inclavare.formats.quote import parse_quote
+    from inclavare.tee.sim_pki import quote_is_simulated
+
+    try:
+        parsed = quote if hasattr(quote, "pck_chain_pem") else parse_quote(quote)
+        return quote_is_simulated(parsed.pck_chain_pem)
+    except FormatError:
+        return False
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -102,8 +116,17 @@ def _verify(args: argparse.Namespace) -> int:
         kwargs: dict[str, Any] = {}
         if args.trust_anchor:
             kwargs["trust_anchors"] = _certificates(args.trust_anchor, "trust anchor")
-        verified = verify_quote(evidence.quote, collateral, now=now, **kwargs)
-        result = {"tee": verified.tee, "status": verified.status,
+        simulated = _simulated_quote(evidence.quote)
+        try:
+            verified = verify_quote(evidence.quote, collateral, now=now, **kwargs)
+        except VerificationError as exc:
+            if simulated and not args.trust_anchor:
+                raise VerificationError(
+                    f"{exc} — this quote is SIMULATED (its PCK chain was issued by a simulated authority, "
+                    "not Intel): verify it with --trust-anchor ROOT-CA.pem of that authority "
+                    "(`inclavare sim export`)") from None
+            raise
+        result = {"tee": verified.tee, "simulated": simulated, "status": verified.status,
                   "advisory_ids": list(verified.advisory_ids), "claims": verified.claims_dict()}
     else:
         if not args.vcek or not args.ca:
@@ -113,7 +136,7 @@ def _verify(args: argparse.Namespace) -> int:
         if report is None:
             raise ConfigError("evidence is neither a DCAP quote nor an SNP report")
         snp = verify_snp_report(report, vcek=vcek, ask_ark=_certificates(args.ca, "CA chain"), now=now)
-        result = {"tee": "snp", "status": SNP_STATUS, "advisory_ids": [], "claims": snp.claims}
+        result = {"tee": "snp", "simulated": False, "status": SNP_STATUS, "advisory_ids": [], "claims": snp.claims}
     _print(result, args.json)
     return 0
 

@@ -115,7 +115,8 @@ def describe_verdict(verdict: Any) -> str:
         return "not verified (one-way RA-TLS)"
     claims = verdict.claims
     identity = claims.get("mr_enclave") or claims.get("mr_td") or claims.get("measurement") or "?"
-    return f"{verdict.evidence_type} {identity[:16]}… status {verdict.status}"
+    label = " (SIMULATED TEE)" if getattr(verdict, "simulated", False) else ""
+    return f"{verdict.evidence_type}{label} {identity[:16]}… status {verdict.status}"
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[float]) -> None:

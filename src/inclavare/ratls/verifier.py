@@ -44,6 +44,7 @@ from inclavare.ratls.claims import PublicKeyNotBound
 from inclavare.ratls.endorsements import parse_endorsements
 from inclavare.ratls.issuers import IssuerCa
 from inclavare.ratls.policy import RatlsPolicy
+from inclavare.tee.sim_pki import quote_is_simulated
 from inclavare.verify.dcap import MalformedQuote, verify_quote
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, select_collateral, verify_evidence
 
@@ -77,10 +78,11 @@ class RatlsVerdict:
     nonce: bytes | None
     custom_claims: dict[str, bytes] = field(default_factory=dict)
     valid_until: int = 0
+    simulated: bool = False  # verified against a simulated authority: proves nothing about hardware
 
     def to_dict(self) -> dict[str, Any]:
         return {"certificate_sha256": self.certificate_sha256.hex(),
-                "evidence_type": self.evidence_type, "format": self.source,
+                "evidence_type": self.evidence_type, "simulated": self.simulated, "format": self.source,
                 "status": self.status, "advisory_ids": list(self.advisory_ids),
                 "claims": self.claims,
                 "nonce": self.nonce.hex() if self.nonce is not None else None,
@@ -223,5 +225,9 @@ class RatlsVerifier:
         claims["tee"] = verified.tee
         claims["fmspc"] = verified.fmspc.hex()
         claims["collateral_from"] = "certificate" if collateral is endorsed else "configuration"
+        try:
+            simulated = quote_is_simulated(quote.pck_chain_pem)
+        except FormatError:
+            simulated = False
         return RatlsVerdict(status=verified.status, advisory_ids=verified.advisory_ids,
-                            claims=claims, valid_until=min(bounds), **common)
+                            claims=claims, valid_until=min(bounds), simulated=simulated, **common)

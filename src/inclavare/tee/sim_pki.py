@@ -34,6 +34,19 @@ PCK_CN = "Inclavare SIMULATED SGX PCK Certificate"
 TCB_SIGNING_CN = "Inclavare SIMULATED SGX TCB Signing"
 
 
+def is_simulated(certificate: x509.Certificate) -> bool:
+    """Whether a certificate belongs to a simulated authority (every one of its names says so)."""
+    return any(a.value == ORGANIZATION for a in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+
+
+def quote_is_simulated(pck_chain_pem: bytes) -> bool:
+    """Whether a quote's PCK chain was issued by a simulated authority (no trust decision)."""
+    try:
+        return any(is_simulated(c) for c in x509.load_pem_x509_certificates(pck_chain_pem))
+    except ValueError:
+        return False
+
+
 def name(common_name: str) -> x509.Name:
     return x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, common_name),
