@@ -70,7 +70,9 @@ def test_issue_then_inspect_and_verify(authority: SimAuthority, exported: Path, 
             "--endorsements")
     assert r.returncode == 0, r.stderr
     assert oct(key.stat().st_mode & 0o777) == "0o600"
-    assert json.loads(run("inspect", str(cert), "--json").stdout)["pubkey_bound"] is True
+    assert "SIMULATED TEE" in r.stderr and str(key) in r.stderr  # where the key went, and what it is
+    inspected = json.loads(run("inspect", str(cert), "--json").stdout)
+    assert inspected["pubkey_bound"] is True and inspected["quote"]["simulated"] is True
     ok = run("verify", str(cert), "--json", "--trust-root", str(exported / "root-ca.pem"),
              "--mr-enclave", MR_A.hex())
     assert ok.returncode == 0, ok.stderr

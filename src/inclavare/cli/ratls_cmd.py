@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from inclavare.errors import ConfigError
@@ -303,6 +304,9 @@ def _issue(args: argparse.Namespace) -> int:
     write_atomic(args.key_out, credentials.private_key_pem(), 0o600)
     write_atomic(args.cert_out, credentials.certificate_pem(), 0o644)
     print(os.path.abspath(args.cert_out))
+    label = " (SIMULATED TEE: its evidence proves nothing about hardware)" if args.attester == "sim" else ""
+    print(f"inclavare ratls issue: certificate {os.path.abspath(args.cert_out)}, private key "
+          f"{os.path.abspath(args.key_out)}{label}", file=sys.stderr)
     return 0
 
 

@@ -28,6 +28,7 @@ from inclavare.ratls.certificate import (
     report_data_matches,
 )
 from inclavare.ratls.issuers import IssuerCa
+from inclavare.tee.sim_pki import quote_is_simulated
 
 
 def _time(seconds: int) -> str:
@@ -46,6 +47,10 @@ def _quote_summary(data: bytes) -> tuple[dict[str, Any], bytes]:
         summary.update(mr_td=body.mr_td.hex(), rtmr0=body.rt_mr0.hex(), rtmr1=body.rt_mr1.hex(),
                        rtmr2=body.rt_mr2.hex(), rtmr3=body.rt_mr3.hex(), debug=body.debug)
     summary["report_data"] = body.report_data.hex()
+    try:  # who issued the PCK chain (no trust decision): a simulated authority says so in every name
+        summary["simulated"] = quote_is_simulated(quote.pck_chain_pem)
+    except FormatError:
+        pass
     return summary, body.report_data
 
 
