@@ -172,6 +172,11 @@ def test_cli_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str
     result = json.loads(capsys.readouterr().out)
     assert result["status"] == "UpToDate" and result["claims"]["mr_enclave"] == MR_ENCLAVE.hex()
     assert result["simulated"] is True
+    assert main(["verify", str(out / "quote.bin"), "--collateral", str(out / "collateral.json"),
+                 "--trust-anchor", str(out / "root-ca.pem")]) == 0
+    text = capsys.readouterr().out  # the same keys as --json, and no Python reprs
+    assert "simulated: true (SIMULATED TEE" in text and "debug: false" in text
+    assert not any(word in text for word in ("None", "False", "True"))
     assert main(["verify", str(out / "quote.bin"), "--collateral", str(out / "collateral.json")]) != 0
     err = capsys.readouterr().err  # against Intel's root: says it is simulated and what to pass
     assert err.startswith("inclavare: error:") and "this quote is SIMULATED" in err and "--trust-anchor" in err

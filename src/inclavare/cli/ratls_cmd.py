@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from inclavare.cli.output import print_fields
 from inclavare.errors import ConfigError
 
 
@@ -310,19 +311,6 @@ def _issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_fields(document: dict[str, Any], prefix: str = "") -> None:
-    for key, value in document.items():
-        if isinstance(value, dict):
-            _print_fields(value, f"{prefix}{key}.")
-        elif isinstance(value, list):
-            print(f"{prefix}{key}: {', '.join(str(v) for v in value) if value else '-'}")
-        else:
-            text = "true" if value is True else "false" if value is False else "-" if value is None else value
-            if key == "simulated" and value is True:
-                text = "true (SIMULATED TEE: this evidence proves nothing about hardware)"
-            print(f"{prefix}{key}: {text}")
-
-
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -333,7 +321,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(description, indent=2))
         return 0
     summary = {k: v for k, v in description.items() if k != "evidence"}
-    _print_fields(summary)
+    print_fields(summary)
     for evidence in description["evidence"][1:]:
         print(f"also: {evidence['format']} ({evidence['oid']}): pubkey_bound "
               f"{'true' if evidence['pubkey_bound'] else 'false'}")
@@ -357,5 +345,5 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        _print_fields(document)
+        print_fields(document)
     return 0

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from inclavare.cli.output import text_value
 from inclavare.errors import ConfigError, VerificationError
 
 
@@ -79,13 +80,10 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, sort_keys=False))
         return
-    print(f"tee: {result['tee']}")
-    if result.get("simulated"):
-        print("simulated: true (SIMULATED TEE: this evidence proves nothing about hardware)")
-    print(f"status: {result['status']}")
-    print(f"advisory_ids: {', '.join(result['advisory_ids']) or '-'}")
+    for key in ("tee", "simulated", "status", "advisory_ids"):
+        print(f"{key}: {text_value(result[key], key)}")
     for key, value in result["claims"].items():
-        print(f"{key}: {value}")
+        print(f"{key}: {text_value(value, key)}")
 
 
 def _simulated_quote(quote: Any) -> bool:
@@ -166,7 +164,7 @@ def _print_tree(value: Any, depth: int) -> None:
         elif isinstance(item, str) and len(item) > 200:
             print(f"{pad}{key}: {item[:96]}… ({len(item) // 2} bytes)")
         else:
-            print(f"{pad}{key}: {item}")
+            print(f"{pad}{key}: {text_value(item, key)}")
 
 
 def add_parser(sub: Any) -> None:
