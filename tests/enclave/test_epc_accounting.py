@@ -107,3 +107,12 @@ def test_need_over_allowance_refused_at_create(rune: Rune, agent: AgentProcess, 
     assert len(err.splitlines()) == 1
     assert "enclave needs 64 MiB of EPC (enclave.epc_mib) but the container was allocated 16 MiB" in err
     assert in_use(agent) == 0 and all(c["id"] != "epc-e" for c in agent.containers())
+
+
+@pytest.mark.parametrize("value", [-1, True, 1.5, "16", 1 << 30])
+def test_malformed_epc_in_a_registration_is_refused(agent: AgentProcess, value: object) -> None:
+    doc = {"id": "bad-epc", "root": "/run/x", "runc": "/usr/sbin/runc", "bundle": "/b", "measurement": "00" * 32,
+           "enclave": {"type": "sim"}, "runtime": "sim", "epc_mib": value}
+    r = client.request(agent.socket, "POST", "/v1/containers", doc)
+    assert r.status == 400 and "epc_mib must be a whole number of MiB" in r.error_text()
+    assert all(c["id"] != "bad-epc" for c in agent.containers())
