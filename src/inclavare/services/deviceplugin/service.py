@@ -43,6 +43,7 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.max_connection_idle_ms", 600_000),
+    ("grpc.server_handshake_timeout_ms", 10_000),  # a connection that never speaks HTTP/2 is dropped
 ]
 
 
