@@ -14,8 +14,9 @@ from inclavare.services.agent import client
 
 
 class AgentProcess:
-    def __init__(self, work: Path, kbs_url: str | None = None) -> None:
+    def __init__(self, work: Path, kbs_url: str | None = None, epc_mib: int = 0) -> None:
         self.work = work
+        self.epc_mib = epc_mib
         self.state_dir = work / "state"
         self.socket = str(work / "run" / "agent.sock")
         self.channels_dir = str(work / "run" / "enclaves")  # one channel directory per enclave container
@@ -36,6 +37,8 @@ class AgentProcess:
                "--state-dir", str(self.state_dir), "--socket", self.socket]
         if self.kbs_url:
             cmd += ["--kbs-url", self.kbs_url]
+        if self.epc_mib:
+            cmd += ["--epc-mib", str(self.epc_mib)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, **self.env},

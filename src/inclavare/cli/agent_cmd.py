@@ -25,13 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "(default: $INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")
     s.add_argument("--kbs-url", default=None,
                    help="the key broker enclave agents reach through the relay (e.g. http://127.0.0.1:8080)")
+    s.add_argument("--epc-mib", type=int, default=0, metavar="N",
+                   help="the simulated TEE's EPC in MiB: a sim enclave is refused at create when the running "
+                        "ones already hold more than N minus its need (default: 0, no accounting)")
     s.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from inclavare.errors import ConfigError
     from inclavare.runtime.prepare_service import PREPARE_PATH, make_prepare_handler
     from inclavare.services.agent.paths import default_control_socket
     from inclavare.services.agent.server import serve
 
+    if not 0 <= args.epc_mib <= 1 << 24:
+        raise ConfigError(f"--epc-mib must be between 0 and {1 << 24} MiB, not {args.epc_mib}")
     return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url,
-                 extra_control={PREPARE_PATH: make_prepare_handler})
+                 extra_control={PREPARE_PATH: make_prepare_handler}, epc_mib=args.epc_mib)

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.verify_cmd",
     "inclavare.cli.sim_cmd",
     "inclavare.cli.agent_cmd",
+    "inclavare.cli.device_plugin_cmd",
     "inclavare.cli.measure_cmd",
     "inclavare.cli.epm_cmd",
     "inclavare.cli.kbs_cmd",

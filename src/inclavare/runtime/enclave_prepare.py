@@ -183,6 +183,9 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     assert config is not None
     runtime = resolve_runtime(config)
     _require_private_pid_namespace(spec)
+    from inclavare.runtime.epc_need import epc_need
+
+    need = epc_need(spec, rootfs_path(spec, record.bundle), runtime.ref, config.runtime_args)
     socket_path = host.agent_socket
     enclave_side = config.type == TYPE_SIM
     inject_tee(spec, config)
@@ -214,7 +217,7 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
     answer = register({
         "id": record.id, "root": os.path.abspath(record.root), "runc": runc or "/usr/sbin/runc",
         "bundle": record.bundle, "measurement": result.hex, "enclave": config.as_dict(),
-        "runtime": runtime.ref, "cleanup": record.directory,
+        "runtime": runtime.ref, "cleanup": record.directory, "epc_mib": need.mib,
     })
     prepared = PreparedEnclave(socket_path, os.path.abspath(record.root), record.id,
                                runelet=not runtime.direct_launch)

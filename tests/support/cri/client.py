@@ -54,11 +54,21 @@ class CRIClient:
                                           timeout=60).pod_sandbox_id
 
     def create_container(self, pod_id: str, pod_config: Any, name: str, image: str, command: list[str],
-                         annotations: dict[str, str] | None = None, env: dict[str, str] | None = None) -> str:
+                         annotations: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                         devices: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
+                         mounts: list[tuple[str, str, bool]] = (),  # type: ignore[assignment]
+                         own_pid_namespace: bool = False) -> str:
+        """``devices``: (container path, host path, permissions); ``mounts``: (container, host, read-only);
+        ``own_pid_namespace``: pid CONTAINER, what kubelet asks for unless shareProcessNamespace."""
         pb = self.pb
+        linux = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER))) if own_pid_namespace else None
         cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image),
                                  command=command, log_path=f"{name}.log", annotations=annotations or {},
-                                 envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()])
+                                 envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
+                                 devices=[pb.Device(container_path=c, host_path=h, permissions=p) for c, h, p in devices],
+                                 mounts=[pb.Mount(container_path=c, host_path=h, readonly=r) for c, h, r in mounts],
+                                 linux=linux)
         return self.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=cfg, sandbox_config=pod_config), timeout=60).container_id
 

@@ -37,6 +37,7 @@ class Registration:
     enclave: dict[str, str]
     runtime: str
     cleanup: str = ""  # rune's per-container state directory, removed with the registration
+    epc_mib: int = 0  # the enclave's EPC need (node-wide accounting of the simulated TEE)
     registered_at: float = field(default_factory=time.time)
     init_pid: int = 0
     init_start: int = 0
@@ -54,13 +55,14 @@ class Registration:
         return {"id": self.id, "root": self.root, "runc": self.runc, "bundle": self.bundle,
                 "measurement": self.measurement, "enclave": dict(self.enclave), "runtime": self.runtime,
                 "cleanup": self.cleanup, "registered_at": self.registered_at, "init_pid": self.init_pid,
-                "init_start": self.init_start}
+                "init_start": self.init_start, "epc_mib": self.epc_mib}
 
 
 def registration_key(root: str, container_id: str) -> str:
     return hashlib.sha256(f"{os.path.abspath(root)}\0{container_id}".encode()).hexdigest()[:40]
 
 
+MAX_EPC_MIB = 1 << 24
 REQUIRED = ("id", "root", "runc", "bundle", "measurement", "enclave", "runtime")
 
 
@@ -87,9 +89,12 @@ def registration_from(doc: Any) -> Registration:
     cleanup = doc.get("cleanup", "")
     if not isinstance(cleanup, str) or (cleanup and not os.path.isabs(cleanup)):
         raise ConfigError("cleanup must be an absolute path")
+    epc_mib = doc.get("epc_mib", 0)
+    if not isinstance(epc_mib, int) or isinstance(epc_mib, bool) or not 0 <= epc_mib <= MAX_EPC_MIB:
+        raise ConfigError(f"epc_mib must be a whole number of MiB in [0, {MAX_EPC_MIB}]")
     return Registration(id=doc["id"], root=os.path.abspath(doc["root"]), runc=doc["runc"],
                         bundle=doc["bundle"], measurement=doc["measurement"].lower(),
-                        enclave=dict(doc["enclave"]), runtime=doc["runtime"], cleanup=cleanup)
+                        enclave=dict(doc["enclave"]), runtime=doc["runtime"], cleanup=cleanup, epc_mib=epc_mib)
 
 
 RUNC_STATE_MAX = 1 << 20  # runc's state.json holds the container's config: a few KiB to a few hundred
@@ -151,11 +156,20 @@ class Registry:
         # /run dies with the host and its containers: atomic against a killed agent is enough
         write_atomic(self._path(reg.key), json.dumps(reg.public()).encode(), durable=False)
 
-    def register(self, reg: Registration) -> Registration:
+    def register(self, reg: Registration, epc_capacity_mib: int = 0) -> Registration:
+        """Record ``reg``; with a capacity, a sim enclave is refused when the sim enclaves holding
+        EPC would need more than the node has (checked and recorded under one lock)."""
         with self._lock:
             old = self._items.get(reg.key)
             if old is not None and self._still_running(old):
                 raise AgentError(f"container {reg.id} is already registered")
+            if epc_capacity_mib and reg.tee == "sim" and reg.epc_mib:
+                in_use = self._epc_in_use(exclude=reg.key)
+                if in_use + reg.epc_mib > epc_capacity_mib:
+                    raise AgentError(
+                        f"enclave container {reg.id} needs {reg.epc_mib} MiB of EPC but the node has "
+                        f"{max(epc_capacity_mib - in_use, 0)} MiB free ({in_use} of {epc_capacity_mib} MiB "
+                        "held by running enclaves)")
             self._save(reg)
             self._items[reg.key] = reg
             self._last_resolve.pop(reg.key, None)
@@ -174,6 +188,32 @@ class Registry:
                 pass
         _remove_rune_state(reg.cleanup)
         return reg
+
+    # -- EPC accounting ---------------------------------------------------------------------
+
+    def holds_epc(self, reg: Registration, now: float | None = None) -> bool:
+        """Whether a registration still holds its EPC: its container runs, or is being created.
+
+        Computed from the persisted registrations and kernel facts each time, so a restarted
+        agent (even after ``kill -9``) counts exactly what still runs, and a container that
+        exited (before anyone deleted it) frees its EPC at once."""
+        if reg.init_pid and namespaces_of(reg.init_pid, reg.init_start) is not None:
+            return True
+        pid, started = runc_init_process(reg.root, reg.id)
+        if pid > 0:
+            return namespaces_of(pid, started) is not None
+        if reg.init_pid:
+            return False  # it ran once and runc has no live init for it any more
+        return (now or time.time()) - reg.registered_at < GC_GRACE  # created, not yet known to runc
+
+    def _epc_in_use(self, exclude: str = "") -> int:
+        now = time.time()
+        return sum(r.epc_mib for r in self._items.values()
+                   if r.key != exclude and r.tee == "sim" and r.epc_mib and self.holds_epc(r, now))
+
+    def epc_in_use(self) -> int:
+        with self._lock:
+            return self._epc_in_use()
 
     def get(self, root: str, container_id: str) -> Registration | None:
         return self._items.get(registration_key(root, container_id))

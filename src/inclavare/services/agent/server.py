@@ -50,8 +50,9 @@ def _root_only(peer: Peer | None) -> None:
 class Agent:
     def __init__(self, state_dir: str, control_socket: str, kbs_url: str | None = None,
                  extra_control: dict[str, ControlHandlerFactory] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, epc_mib: int = 0) -> None:
         self.state_dir = state_dir
+        self.epc_mib = epc_mib  # the simulated TEE's EPC (0: not accounted)
         self.control_socket = os.path.abspath(control_socket)
         self.run_dir = os.path.dirname(self.control_socket)
         self.channels_dir = paths.channels_dir_for(self.control_socket)
@@ -138,7 +139,7 @@ class Agent:
 
     def register(self, doc: Any) -> dict[str, Any]:
         """Register an enclave container and open its channel; returns what rune needs."""
-        reg = self.registry.register(registration_from(doc))
+        reg = self.registry.register(registration_from(doc), epc_capacity_mib=self.epc_mib)
         try:
             channel = self._open_channel(reg)
         except OSError as exc:
@@ -167,7 +168,8 @@ class Agent:
         if method == "GET" and parts == ["v1", "health"]:
             return 200, {"status": "ok", "version": __version__, "tee": "sim",
                          "containers": len(self.registry.all()), "kbs": self.relay.url if self.relay else None,
-                         "uptime_s": round(time.time() - self.started, 1)}
+                         "uptime_s": round(time.time() - self.started, 1),
+                         "epc": {"capacity_mib": self.epc_mib, "in_use_mib": self.registry.epc_in_use()}}
         if parts == ["v1", "containers"]:
             if method == "GET":
                 return 200, [self.describe(r) for r in self.registry.all()]
@@ -187,12 +189,15 @@ class Agent:
 
 
 def serve(state_dir: str, control_socket: str, kbs_url: str | None = None,
-          extra_control: dict[str, ControlHandlerFactory] | None = None) -> int:
+          extra_control: dict[str, ControlHandlerFactory] | None = None, epc_mib: int = 0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
-    agent = Agent(state_dir, control_socket, kbs_url, extra_control)
+    agent = Agent(state_dir, control_socket, kbs_url, extra_control, epc_mib=epc_mib)
     agent.start()
     log.warning("simulated TEE: quotes are signed by this installation's SIMULATED SGX root; "
                 "they prove nothing about hardware and nothing should trust them unless told to")
+    if epc_mib:
+        log.info("simulated TEE EPC: %d MiB; sim enclaves holding EPC now: %d MiB", epc_mib,
+                 agent.registry.epc_in_use())
     log.info("serving control on %s, enclave channels under %s%s", agent.control_socket, agent.channels_dir,
              f", relaying to the key broker at {agent.relay.url}" if agent.relay else "")
     for sig in (signal.SIGTERM, signal.SIGINT):
