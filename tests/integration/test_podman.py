@@ -84,3 +84,15 @@ def test_podman_shows_rune_errors(podman: Podman) -> None:
     assert r.returncode != 0
     assert "ran" not in r.stdout
     assert "enclave type bogus is not supported" in r.stderr
+
+
+def test_podman_with_json_runtime_errors_names_rune_once(podman: Podman) -> None:
+    """With `runtime_supports_json` listing rune (README), podman reads rune's JSON log and adds
+    the runtime's name itself: the reason appears once, as `…/rune: enclave type bogus …`."""
+    conf = podman.work / "containers-json.conf"
+    conf.write_text('[engine]\nruntime_supports_json = ["crun", "runc", "rune"]\n')
+    with_json = Podman(podman.work, podman.rune, {"CONTAINERS_CONF": str(conf)})
+    r = with_json("run", "--rm", *RUN_FLAGS, "--env", "ENCLAVE_TYPE=bogus", "localhost/bb:latest", "/bin/echo", "ran")
+    assert r.returncode != 0 and "ran" not in r.stdout
+    assert "rune: enclave type bogus is not supported" in r.stderr and "rune: rune:" not in r.stderr, r.stderr
+    assert "level=error" not in r.stderr, r.stderr  # a reason, not a raw log line

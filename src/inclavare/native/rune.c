@@ -256,8 +256,9 @@ static void report_error(const char *msg)
 	if (!f)
 		f = stderr;
 	if (!strcmp(log_format, "json")) {
+		/* engines that read the JSON log name the runtime themselves (podman: "rune: <msg>") */
 		fputs("{\"level\":\"error\",\"msg\":", f);
-		json_escape(f, msg);
+		json_escape(f, strncmp(msg, "rune: ", 6) ? msg : msg + 6);
 		fprintf(f, ",\"time\":\"%s\"}\n", ts);
 	} else {
 		fprintf(f, "time=\"%s\" level=error msg=", ts);

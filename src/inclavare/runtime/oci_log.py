@@ -27,7 +27,9 @@ def _timestamp() -> str:
 
 def format_line(level: str, msg: str, log_format: str) -> str:
     if log_format == "json":
-        return fastjson.dumps({"level": level, "msg": msg, "time": _timestamp()}) + "\n"
+        # engines that read the JSON log name the runtime themselves (podman: "rune: <msg>", as
+        # for runc), so the entry carries the message alone; stderr and text keep "rune: "
+        return fastjson.dumps({"level": level, "msg": msg.removeprefix("rune: "), "time": _timestamp()}) + "\n"
     return f'time="{_timestamp()}" level={level} msg={fastjson.dumps(msg)}\n'
 
 
