@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -254,3 +255,25 @@ def test_a_registration_lists_every_field() -> None:
     reg = registration_from({"id": "c", "root": "/r", "runc": "/runc", "bundle": "/b", "measurement": "ab" * 32,
                              "enclave": {"type": "sim"}, "runtime": "sim"})
     assert set(reg.public()) == {f.name for f in fields(Registration)}
+
+
+def test_agent_ls_lists_what_the_agent_holds(rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory,
+                                            enclave_env: dict[str, str]) -> None:
+    import sys
+
+    inclavare = str(Path(sys.executable).parent / "inclavare")
+    bundle = bundle_factory(["/bin/sleep", "300"], annotations=SIM)
+    rune.create(bundle, "listed")
+    try:
+        r = subprocess.run([inclavare, "agent", "ls", "--socket", agent.socket, "--json"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        entry = next(c for c in json.loads(r.stdout) if c["id"] == "listed")
+        assert entry["measurement"] == measure(bundle, enclave_env) and entry["relay"]["tunnels"] == 0
+        text = subprocess.run([inclavare, "agent", "ls", "--socket", agent.socket], capture_output=True, text=True,
+                              timeout=30).stdout.splitlines()
+        assert text[0].split()[:3] == ["ID", "TYPE", "MEASUREMENT"]
+        row = next(line for line in text if line.startswith("listed "))
+        assert "sim (SIMULATED)" in row and entry["measurement"][:16] in row
+    finally:
+        rune("delete", "--force", "listed")

@@ -30,6 +30,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "ones already hold more than N minus its need (default: 0, no accounting)")
     s.set_defaults(handler=_serve)
 
+    ls = agent_sub.add_parser("ls", help="list the enclave containers the node agent knows",
+                              description="What the node agent holds for each registered enclave container: "
+                                          "its id, enclave type, measurement, EPC, relay byte counts (the bytes "
+                                          "themselves are never kept) and its channel directory.")
+    ls.add_argument("--socket", default=None,
+                    help="the agent's control socket (default: $INCLAVARE_AGENT_SOCKET or "
+                         "/run/inclavare/agent.sock)")
+    ls.add_argument("--json", action="store_true", help="print a JSON array with every field")
+    ls.set_defaults(handler=_ls)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from inclavare.cli.output import text_value
+    from inclavare.services.agent import client
+    from inclavare.services.agent.paths import default_control_socket
+
+    containers = client.call(args.socket or default_control_socket(), "GET", "/v1/containers", timeout=10)
+    if args.json:
+        print(json.dumps(containers, indent=2))
+        return 0
+    if not containers:
+        print("no enclave containers registered")
+        return 0
+    rows = [("ID", "TYPE", "MEASUREMENT", "EPC_MIB", "RELAY_TUNNELS", "RELAY_BYTES", "REGISTERED")]
+    for c in containers:
+        relay = c.get("relay") or {}
+        rows.append((c["id"], c["enclave"].get("type", "-") + (" (SIMULATED)" if c["enclave"].get("type") == "sim"
+                                                              else ""),
+                     c["measurement"][:16] + "…", text_value(c.get("epc_mib")), str(relay.get("tunnels", 0)),
+                     f"{relay.get('bytes_up', 0)}/{relay.get('bytes_down', 0)}",
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["registered_at"]))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
 
 def _serve(args: argparse.Namespace) -> int:
     from inclavare.errors import ConfigError
