@@ -131,7 +131,7 @@ def test_forgery_extending_an_expired_certificate_is_refused(authority: SimAutho
     forged ten-year copy verified (exit 0, ``verified: true``) before the fix."""
     expired = issue_certificate(SimAuthorityAttester(authority, MR), validity=dt.timedelta(days=1),
                                 now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
-    trust = ["--trust-root", str(exported / "root-ca.pem"), "--collateral",
+    trust = ["--trust-anchor", str(exported / "root-ca.pem"), "--collateral",
              str(exported / "collateral.json"), "--mr-enclave", MR.hex()]
     genuine = _ratls("verify", _pem(tmp_path / "genuine.pem", expired.certificate_der), *trust)
     assert genuine.returncode == 1 and "not valid at this time" in genuine.stderr
@@ -246,7 +246,7 @@ def test_issuer_ca_on_the_command_line(authority: SimAuthority, exported: Path, 
     cert = _pem(tmp_path / "endorsed.pem", _endorsed(authority, ca, ca_key))
     ca_pem = tmp_path / "ca.pem"
     ca_pem.write_bytes(ca.public_bytes(Encoding.PEM))
-    trust = ["--trust-root", str(exported / "root-ca.pem"), "--collateral",
+    trust = ["--trust-anchor", str(exported / "root-ca.pem"), "--collateral",
              str(exported / "collateral.json"), "--mr-enclave", MR.hex()]
     ok = _ratls("verify", cert, *trust, "--issuer-ca", str(ca_pem))
     assert ok.returncode == 0 and "verified: true" in ok.stdout, ok.stderr

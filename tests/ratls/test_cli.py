@@ -35,7 +35,7 @@ def _sim_args(authority: SimAuthority, mr: bytes) -> list[str]:
 
 
 def _trust_args(trust: Path, mr: bytes) -> list[str]:
-    return ["--trust-root", str(trust / "root-ca.pem"), "--collateral", str(trust / "collateral.json"),
+    return ["--trust-anchor", str(trust / "root-ca.pem"), "--collateral", str(trust / "collateral.json"),
             "--mr-enclave", mr.hex()]
 
 
@@ -73,13 +73,13 @@ def test_issue_then_inspect_and_verify(authority: SimAuthority, exported: Path, 
     assert "SIMULATED TEE" in r.stderr and str(key) in r.stderr  # where the key went, and what it is
     inspected = json.loads(run("inspect", str(cert), "--json").stdout)
     assert inspected["pubkey_bound"] is True and inspected["quote"]["simulated"] is True
-    ok = run("verify", str(cert), "--json", "--trust-root", str(exported / "root-ca.pem"),
+    ok = run("verify", str(cert), "--json", "--trust-anchor", str(exported / "root-ca.pem"),
              "--mr-enclave", MR_A.hex())
     assert ok.returncode == 0, ok.stderr
     verdict = json.loads(ok.stdout)
     assert verdict["claims"]["collateral_from"] == "certificate"
     assert verdict["verified"] is True and verdict["simulated"] is True  # the same keys as the text
-    text = run("verify", str(cert), "--trust-root", str(exported / "root-ca.pem"), "--mr-enclave", MR_A.hex())
+    text = run("verify", str(cert), "--trust-anchor", str(exported / "root-ca.pem"), "--mr-enclave", MR_A.hex())
     assert "simulated: true (SIMULATED TEE" in text.stdout and "None" not in text.stdout
     wrong = run("verify", str(cert), *_trust_args(exported, MR_B))
     assert wrong.returncode == 1 and "mr_enclave" in wrong.stderr and "Traceback" not in wrong.stderr
@@ -87,7 +87,7 @@ def test_issue_then_inspect_and_verify(authority: SimAuthority, exported: Path, 
     assert intel.returncode == 1 and "inclavare: error:" in intel.stderr
     later = run("verify", str(cert), *_trust_args(exported, MR_A), "--at", "2099-01-01T00:00:00Z")
     assert later.returncode == 1 and "not valid at this time" in later.stderr
-    nopin = run("verify", str(cert), "--trust-root", str(exported / "root-ca.pem"))
+    nopin = run("verify", str(cert), "--trust-anchor", str(exported / "root-ca.pem"))
     assert nopin.returncode == 2 and "pins no identity" in nopin.stderr
 
 

@@ -74,7 +74,7 @@ def test_mutual_ratls_between_two_sim_enclave_containers(
         os.symlink(f"usr/{link}", os.path.join(rootfs, link))
     trust = tmp_path / "trust"
     SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(trust))
-    verify = ["--trust-root", "/trust/root-ca.pem", "--collateral", "/trust/collateral.json"]
+    verify = ["--trust-anchor", "/trust/root-ca.pem", "--collateral", "/trust/collateral.json"]
     server_port, client_port, impostor_port = _free_port(), _free_port(), _free_port()
     server = _bundle(tmp_path, "server", rootfs,
                      ["serve", "--listen", f"127.0.0.1:{server_port}", "--forward", f"127.0.0.1:{echo_port}",

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s = p.add_subparsers(dest="epm_command", metavar="SUBCOMMAND")
     s.required = True
     ls = s.add_parser("ls", help="list pool entries")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print a JSON array with the same keys")
     ls.set_defaults(handler=_ls)
     rm = s.add_parser("rm", help="remove pool entries")
     rm.add_argument("key", nargs="?", help="entry key (a unique prefix of at least 4 characters)")

@@ -42,12 +42,12 @@ def add_parser(sub: Any) -> None:
     res_sub = res.add_subparsers(dest="action", metavar="ACTION")
     res_sub.required = True
     rset = res_sub.add_parser("set", help="store a resource")
-    rset.add_argument("path", metavar="REPO/TYPE/TAG")
+    rset.add_argument("path", metavar="REPO/TYPE/TAG", help="where workloads find it (kbs:///REPO/TYPE/TAG)")
     src = rset.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="file holding the resource bytes")
     src.add_argument("--value", help="resource as a UTF-8 string")
     rdel = res_sub.add_parser("delete", help="delete a resource")
-    rdel.add_argument("path", metavar="REPO/TYPE/TAG")
+    rdel.add_argument("path", metavar="REPO/TYPE/TAG", help="the resource to delete")
 
     for name, help_text in (("resource-policy", "resource policy (Rego)"),
                             ("attestation-policy", "attestation (appraisal) policy (Rego)")):
@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
         pol_sub = pol.add_subparsers(dest="action", metavar="ACTION")
         pol_sub.required = True
         pset = pol_sub.add_parser("set", help="upload a policy")
-        pset.add_argument("file", metavar="FILE.rego")
+        pset.add_argument("file", metavar="FILE.rego", help="the Rego policy (package policy)")
         if name == "attestation-policy":
             pset.add_argument("--id", default="default_cpu", help="policy id (default: default_cpu)")
         else:
@@ -65,11 +65,11 @@ def add_parser(sub: Any) -> None:
     rv_sub = rv.add_subparsers(dest="action", metavar="ACTION")
     rv_sub.required = True
     rvset = rv_sub.add_parser("set", help="set NAME to the list of VALUEs")
-    rvset.add_argument("name")
+    rvset.add_argument("name", help="the reference value's name (e.g. mr_enclave), as policies read it")
     rvset.add_argument("values", nargs="+", metavar="VALUE",
                        help="values; JSON literals (1, true) are parsed, anything else is a string")
     rvget = rv_sub.add_parser("get", help="print a reference value (all when NAME is omitted)")
-    rvget.add_argument("name", nargs="?")
+    rvget.add_argument("name", nargs="?", help="the reference value to print (all when omitted)")
     admin.set_defaults(handler=_admin)
 
 

@@ -48,7 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    _finish_help(parser)
     return parser
+
+
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    """Help reads as text: docstrings lose their reST backticks, and a command without its own
+    description is described by its one-line help."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "")
+    for action in parser._actions:  # noqa: SLF001  (argparse keeps its tree here)
+        if isinstance(action.help, str):
+            action.help = action.help.replace("``", "")
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    text = str(helps[name])
+                    child.description = text[0].upper() + text[1:] + "."
+                _finish_help(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

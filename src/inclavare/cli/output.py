@@ -6,7 +6,11 @@ No Python reprs reach the terminal (``true``/``false``, ``-`` for nothing, lists
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 from typing import Any
+
+from inclavare.errors import ConfigError
 
 SIMULATED = "true (SIMULATED TEE: this evidence proves nothing about hardware)"
 
@@ -30,3 +34,22 @@ def print_fields(document: dict[str, Any], prefix: str = "") -> None:
             print_fields(value, f"{prefix}{key}.")
         else:
             print(f"{prefix}{key}: {text_value(value, key)}")
+
+
+def add_at_option(parser: argparse.ArgumentParser, what: str = "verify") -> None:
+    """``--at RFC3339``: the one name, in every command, for "judge as of this time"."""
+    parser.add_argument("--at", metavar="RFC3339", help=f"{what} as of this time, e.g. 2025-07-01T00:00:00Z "
+                                                        "(default: now; real collateral expires within weeks)")
+    parser.add_argument("--now", dest="at", help=argparse.SUPPRESS)  # the old name, still accepted
+
+
+def parse_at(text: str | None) -> dt.datetime:
+    if text is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at must be an RFC 3339 time such as 2025-07-01T00:00:00Z, not {text!r}") from None
+    if moment.tzinfo is None:
+        raise ConfigError(f"--at needs a time zone (e.g. {text}Z)")
+    return moment

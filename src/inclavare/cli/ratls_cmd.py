@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from inclavare.cli.output import print_fields
+from inclavare.cli.output import add_at_option, parse_at, print_fields
 from inclavare.errors import ConfigError
 
 
@@ -31,7 +31,8 @@ def _local_certificate_options(parser: argparse.ArgumentParser) -> None:
                        help="state directory of the simulated SGX authority (--attester sim)")
     group.add_argument("--sim-mr-enclave", metavar="HEX",
                        help="simulated MRENCLAVE for --attester sim (default random)")
-    group.add_argument("--key-type", choices=("ec-p256", "ec-p384"), default="ec-p256")
+    group.add_argument("--key-type", choices=("ec-p256", "ec-p384"), default="ec-p256",
+                       help="the key pair generated for the certificate (default: %(default)s)")
     group.add_argument("--endorsements", action="store_true",
                        help="embed the collateral in the certificate (2.23.133.5.4.2; sim only)")
     group.add_argument("--legacy-extension", action="store_true",
@@ -42,10 +43,11 @@ def _local_certificate_options(parser: argparse.ArgumentParser) -> None:
 
 def _verification_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("peer verification")
-    group.add_argument("--trust-root", metavar="PEM", action="append", default=[],
+    group.add_argument("--trust-anchor", dest="trust_root", metavar="PEM", action="append", default=[],
                        help="SGX root CA to trust; replaces the default Intel SGX Root CA "
                             "('intel' names it). Repeatable. The simulated root must be given "
                             "explicitly.")
+    group.add_argument("--trust-root", dest="trust_root", action="append", help=argparse.SUPPRESS)  # old name
     group.add_argument("--collateral", metavar="JSON", action="append", default=[],
                        help="DCAP collateral (dcap-qvl QuoteCollateralV3 JSON). Repeatable.")
     group.add_argument("--no-endorsements", action="store_true",
@@ -54,10 +56,12 @@ def _verification_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy", metavar="JSON", help="policy file (see docs/ratls.md)")
     group.add_argument("--mr-enclave", metavar="HEX", action="append", default=[],
                        help="expected MRENCLAVE (repeatable: any of them)")
-    group.add_argument("--mr-signer", metavar="HEX", action="append", default=[])
-    group.add_argument("--mr-td", metavar="HEX", action="append", default=[])
-    group.add_argument("--isv-prod-id", type=int)
-    group.add_argument("--min-isv-svn", type=int)
+    group.add_argument("--mr-signer", metavar="HEX", action="append", default=[],
+                       help="accept an SGX enclave signed by this MRSIGNER (repeatable)")
+    group.add_argument("--mr-td", metavar="HEX", action="append", default=[],
+                       help="accept a TD with this MRTD (repeatable)")
+    group.add_argument("--isv-prod-id", type=int, help="require this SGX ISVPRODID")
+    group.add_argument("--min-isv-svn", type=int, help="require at least this SGX ISVSVN")
     group.add_argument("--allow-tcb-status", metavar="STATUS", action="append", default=[],
                        help="TCB status to accept (repeatable; default UpToDate)")
     group.add_argument("--insecure-any-enclave", action="store_true",
@@ -112,8 +116,9 @@ def add_parser(sub: Any) -> None:
     commands.required = True
 
     serve = commands.add_parser("serve", help="RA-TLS in front of a plain TCP service")
-    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
-    serve.add_argument("--forward", required=True, metavar="HOST:PORT")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="where clients connect with RA-TLS")
+    serve.add_argument("--forward", required=True, metavar="HOST:PORT",
+                       help="the plain TCP service their bytes go to")
     serve.add_argument("--mutual", action="store_true",
                        help="require and verify the client's RA-TLS certificate")
     _local_certificate_options(serve)
@@ -122,8 +127,10 @@ def add_parser(sub: Any) -> None:
     serve.set_defaults(handler=_serve)
 
     connect = commands.add_parser("connect", help="plain local port carried over RA-TLS")
-    connect.add_argument("--listen", required=True, metavar="HOST:PORT")
-    connect.add_argument("--connect", required=True, metavar="HOST:PORT")
+    connect.add_argument("--listen", required=True, metavar="HOST:PORT",
+                         help="the local plain TCP port programs connect to")
+    connect.add_argument("--connect", required=True, metavar="HOST:PORT",
+                         help="the RA-TLS server their bytes are carried to")
     connect.add_argument("--mutual", action="store_true",
                          help="present our own RA-TLS certificate to the server")
     _local_certificate_options(connect)
@@ -132,21 +139,22 @@ def add_parser(sub: Any) -> None:
     connect.set_defaults(handler=_connect)
 
     issue = commands.add_parser("issue", help="issue an RA-TLS certificate from the current TEE")
-    issue.add_argument("--cert-out", required=True, metavar="FILE")
-    issue.add_argument("--key-out", required=True, metavar="FILE")
+    issue.add_argument("--cert-out", required=True, metavar="FILE", help="where to write the certificate (PEM)")
+    issue.add_argument("--key-out", required=True, metavar="FILE",
+                       help="where to write its private key (PEM, mode 0600)")
     _local_certificate_options(issue)
     issue.set_defaults(handler=_issue)
 
     inspect = commands.add_parser("inspect", help="show an RA-TLS certificate's evidence and claims")
-    inspect.add_argument("certificate", metavar="CERT")
-    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("certificate", metavar="CERT", help="the certificate (PEM or DER)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object with the same keys")
     _issuer_ca_option(inspect)
     inspect.set_defaults(handler=_inspect)
 
     verify = commands.add_parser("verify", help="verify an RA-TLS certificate")
-    verify.add_argument("certificate", metavar="CERT")
-    verify.add_argument("--json", action="store_true")
-    verify.add_argument("--at", metavar="RFC3339", help="verify at this time (default now)")
+    verify.add_argument("certificate", metavar="CERT", help="the certificate (PEM or DER)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object with the same keys")
+    add_at_option(verify)
     _verification_options(verify)
     verify.set_defaults(handler=_verify)
 
@@ -329,17 +337,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import datetime as dt
     import json
 
-    when = None
-    if args.at:
-        try:
-            when = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError("--at must be an RFC 3339 time, e.g. 2025-07-01T00:00:00Z") from None
-        if when.tzinfo is None:
-            raise ConfigError("--at needs a time zone (e.g. Z)")
+    when = parse_at(args.at) if args.at else None
     verdict = _verifier(args).verify(_read(args.certificate, "certificate"), now=when)
     document = {"verified": True, **verdict.to_dict()}  # the same keys in text and JSON
     if args.json:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from inclavare.cli.output import text_value
+from inclavare.cli.output import add_at_option, parse_at, text_value
 from inclavare.errors import ConfigError, VerificationError
 
 
@@ -25,18 +25,6 @@ def _read(path: str, what: str) -> bytes:
             return handle.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
-def _parse_now(text: str | None) -> Any:
-    import datetime as dt
-
-    if text is None:
-        return dt.datetime.now(dt.timezone.utc)
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"--now must be an ISO 8601 time such as 2025-07-01T00:00:00Z: {exc}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _certificates(path: str, what: str) -> list[Any]:
@@ -106,7 +94,7 @@ def _verify(args: argparse.Namespace) -> int:
     from inclavare.verify.snp import verify_snp_report
 
     evidence = load_evidence(_read(args.evidence, "evidence"))
-    now = _parse_now(args.now)
+    now = parse_at(args.at)
     if evidence.quote is not None:
         if not args.collateral:
             raise ConfigError("DCAP evidence needs --collateral FILE (dcap-qvl QuoteCollateralV3 JSON)")
@@ -177,7 +165,7 @@ def add_parser(sub: Any) -> None:
     verify.add_argument("--trust-anchor", metavar="PEM", help="root CA(s) to trust instead of the Intel SGX Root CA")
     verify.add_argument("--vcek", metavar="FILE", help="SNP VCEK certificate (DER or PEM)")
     verify.add_argument("--ca", metavar="FILE", help="SNP ASK and ARK certificates (PEM)")
-    verify.add_argument("--now", metavar="ISO8601", help="verification time (default: now)")
+    add_at_option(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=_verify)
 
