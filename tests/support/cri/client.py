@@ -54,11 +54,15 @@ class CRIClient:
                                           timeout=60).pod_sandbox_id
 
     def create_container(self, pod_id: str, pod_config: Any, name: str, image: str, command: list[str],
-                         annotations: dict[str, str] | None = None, env: dict[str, str] | None = None) -> str:
+                         annotations: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                         own_pid_namespace: bool = False) -> str:
+        """``own_pid_namespace``: what the kubelet asks unless the pod sets shareProcessNamespace."""
         pb = self.pb
         cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image),
                                  command=command, log_path=f"{name}.log", annotations=annotations or {},
                                  envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()])
+        if own_pid_namespace:
+            cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
         return self.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=cfg, sandbox_config=pod_config), timeout=60).container_id
 
