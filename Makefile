@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Debian packages the project and its tests use (see docs/install.md).
 APT_PACKAGES := runc busybox-static containerd podman skopeo umoci docker-registry \
 	swtpm swtpm-tools tpm2-tools containernetworking-plugins conmon uidmap \
-	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql
+	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql mmdebstrap
 
 .PHONY: setup apt venv test demo bench clean
 

@@ -10,8 +10,9 @@
 #  2. wheels of the project and its dependencies, made with pip from this checkout.
 # Then `podman build --network none` of deploy/image/Containerfile: nothing is fetched during the build.
 #
-# Environment: PODMAN (default "podman"; tests pass a private --root/--runroot), PYTHON (a Python with
-# pip; default: the checkout's .venv), INCLAVARE_IMAGE_CACHE (default /var/cache/inclavare/image).
+# Environment: PODMAN (default "podman"; tests pass a private --root/--runroot), PODMAN_BUILD_FLAGS
+# (extra `podman build` flags, e.g. --ulimit where the default limits exceed the host's), PYTHON (a
+# Python with pip; default: the checkout's .venv), INCLAVARE_IMAGE_CACHE (default /var/cache/inclavare/image).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +37,7 @@ mkdir -p "$CACHE"
 if [ ! -s "$base_tar" ]; then
   echo "build.sh: bootstrapping Debian $SUITE ($PACKAGES) into $base_tar"
   # No mirror given: mmdebstrap uses Debian's default one, plus updates and security for a stable suite.
-  mmdebstrap --quiet --variant=minbase --include="$PACKAGES" --aptopt='Acquire::Retries "3"' \
+  mmdebstrap --quiet --format=tar --variant=minbase --include="$PACKAGES" --aptopt='Acquire::Retries "3"' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
     "$SUITE" "$base_tar.tmp"
   mv "$base_tar.tmp" "$base_tar"
@@ -53,6 +54,6 @@ mkdir "$ctx/wheels"
 "$PYTHON" -m pip wheel --quiet --wheel-dir "$ctx/wheels" "$REPO[postgres]" 'grpcio>=1.60' 'protobuf>=4.25'
 cp "$HERE/Containerfile" "$ctx/Containerfile"
 
-$PODMAN build --quiet --network none --pull=never --build-arg "BASE=$base_tag" -t "$TAG" \
+$PODMAN build --quiet --network none --pull=never ${PODMAN_BUILD_FLAGS:-} --build-arg "BASE=$base_tag" -t "$TAG" \
   -f "$ctx/Containerfile" "$ctx"
 echo "build.sh: built $TAG from $base_tag"
