@@ -18,8 +18,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="containerd's config file on the node (default: %(default)s)")
     p.add_argument("--prefix", default="/opt/inclavare",
                    help="where the launcher (PREFIX/bin/HANDLER) and the copied payload go (default: %(default)s)")
-    p.add_argument("--handler", dest="runtime_handler", default="rune", help="runtime handler name, as in RuntimeClass.handler "
-                                                     "(default: %(default)s)")
+    p.add_argument("--handler", dest="runtime_handler", default="rune",
+                   help="runtime handler name, as in RuntimeClass.handler (default: %(default)s)")
     p.add_argument("--restart-containerd", metavar="COMMAND", default=None,
                    help="command that restarts containerd, run only when its config changed (e.g. "
                         "'nsenter --target 1 --mount -- systemctl restart containerd'); default: none")
