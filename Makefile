@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # drive; swtpm and skopeo for the TPM and image work; gcc for rune's native launcher).
 APT_PACKAGES := runc busybox-static containerd podman skopeo umoci docker-registry \
 	swtpm swtpm-tools tpm2-tools containernetworking-plugins conmon uidmap \
-	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql
+	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql mmdebstrap
 
 .PHONY: setup apt venv test demo bench clean
 

@@ -32,22 +32,24 @@ state = "{state}"
       default_runtime_name = "runc"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rune]
+{rune_runtime}    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{cni_bin}"
+      conf_dir = "{cni_conf}"
+"""
+RUNE_RUNTIME = """      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rune]
         runtime_type = "io.containerd.runc.v2"
         pod_annotations = ["enclave.*"]
         container_annotations = ["enclave.*"]
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rune.options]
           BinaryName = "{rune}"
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "{cni_bin}"
-      conf_dir = "{cni_conf}"
 """
 
 
 class Containerd:
-    """Start/stop a containerd daemon and run ``ctr`` against it."""
+    """Start/stop a containerd daemon and run ``ctr`` against it (``rune=None``: a node's config
+    without rune's runtime handler, as `inclavare node install` finds it)."""
 
-    def __init__(self, workdir: Path, rune: str, env: dict[str, str] | None = None,
+    def __init__(self, workdir: Path, rune: str | None, env: dict[str, str] | None = None,
                  namespace: str = "inclavare-test") -> None:
         self.dir = workdir
         self.rune = rune
@@ -57,13 +59,19 @@ class Containerd:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Containerd":
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.toml"
+
+    def start(self, write_config: bool = True) -> "Containerd":
         for d in ("root", "state", "cni-bin", "cni-conf", "logs"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
-        config = self.dir / "config.toml"
-        config.write_text(CONFIG.format(
-            root=self.dir / "root", state=self.dir / "state", socket=self.socket, rune=self.rune,
-            cni_bin=self.dir / "cni-bin", cni_conf=self.dir / "cni-conf"))
+        config = self.config
+        if write_config:
+            rune_runtime = RUNE_RUNTIME.format(rune=self.rune) if self.rune else ""
+            config.write_text(CONFIG.format(
+                root=self.dir / "root", state=self.dir / "state", socket=self.socket,
+                rune_runtime=rune_runtime, cni_bin=self.dir / "cni-bin", cni_conf=self.dir / "cni-conf"))
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log,
                                      stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
@@ -93,6 +101,14 @@ class Containerd:
                                     entrypoint=entrypoint, ref=tag)
         self.ctr("images", "import", "--base-name", name, archive, namespace=namespace)
         return f"{name}:{tag}"
+
+    def restart(self) -> None:
+        """Stop the daemon only (shims, tasks, images stay, as on a node) and start it again on
+        the config file as it now is."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        self.start(write_config=False)
 
     def stop(self) -> None:
         if self.proc is None:

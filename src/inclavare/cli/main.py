@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.epm_cmd",
     "inclavare.cli.kbs_cmd",
     "inclavare.cli.ratls_cmd",
+    "inclavare.cli.node_cmd",
 )
 
 

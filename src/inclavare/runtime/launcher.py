@@ -55,8 +55,16 @@ def launcher_text(runc: str, python: str | None = None, agent_socket: str = DEFA
                            site_dirs=site_dirs, runc=runc)
 
 
-def resolve_runc(runc: str | None) -> str:
+def resolve_runc(runc: str | None, root: str = "/") -> str:
+    """The absolute runc path; ``root`` is where the node's filesystem is seen (the node installer
+    runs in a container with the host mounted elsewhere, and writes the host's path)."""
     candidate = runc or shutil.which("runc") or "/usr/sbin/runc"
+    if root != "/":
+        if not os.path.isabs(candidate):
+            raise ConfigError(f"runc must be given as an absolute path on the node: {candidate}")
+        if not os.access(os.path.join(root, candidate.lstrip("/")), os.X_OK):
+            raise ConfigError(f"runc at {candidate} (under {root}) is missing or not executable")
+        return candidate
     if not os.path.isabs(candidate):
         found = shutil.which(candidate)
         if not found:
@@ -117,11 +125,12 @@ def build_native(output: str, runc: str, agent_socket: str = DEFAULT_AGENT_SOCKE
 
 
 def install_launcher(output: str, runc: str | None = None, kind: str = "auto",
-                     agent_socket: str | None = None, state_dir: str | None = None) -> str:
+                     agent_socket: str | None = None, state_dir: str | None = None,
+                     runc_root: str = "/") -> str:
     """Write the launcher; ``kind`` is "native", "python" or "auto" (native if it builds).
     ``agent_socket``/``state_dir`` become the launcher's defaults for INCLAVARE_AGENT_SOCKET and
-    INCLAVARE_RUNE_STATE. Returns the kind written."""
-    runc = resolve_runc(runc)
+    INCLAVARE_RUNE_STATE; ``runc`` is checked under ``runc_root``. Returns the kind written."""
+    runc = resolve_runc(runc, runc_root)
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
         raise ConfigError(f"cannot write the launcher to {output}: directory {directory} does not exist")
