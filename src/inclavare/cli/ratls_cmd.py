@@ -24,9 +24,10 @@ def _local_certificate_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attester", choices=("auto", "agent", "tsm", "sim"), default="auto",
                        help="issue a fresh certificate from this TEE (default auto: the enclave "
                             "agent socket if present, else configfs-tsm)")
-    group.add_argument("--agent-socket", metavar="PATH",
-                       help="enclave agent socket (default $INCLAVARE_AGENT_SOCKET or "
-                            "/run/inclavare/agent.sock)")
+    group.add_argument("--enclave-agent-socket", dest="agent_socket", metavar="PATH",
+                       help="the enclave agent's socket inside an enclave container (default "
+                            "$INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")
+    group.add_argument("--agent-socket", dest="agent_socket", help=argparse.SUPPRESS)  # the old name
     group.add_argument("--sim-authority", metavar="DIR",
                        help="state directory of the simulated SGX authority (--attester sim)")
     group.add_argument("--sim-mr-enclave", metavar="HEX",
