@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.kbs_cmd",
     "inclavare.cli.ratls_cmd",
     "inclavare.cli.node_cmd",
+    "inclavare.cli.doctor_cmd",
 )
 
 

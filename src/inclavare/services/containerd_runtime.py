@@ -95,6 +95,33 @@ def _block(entry: RuntimeEntry, version: int, systemd_cgroup: bool | None, flag:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class HandlerStatus:
+    """What a containerd config says about a runtime handler (read only, for `inclavare doctor`)."""
+
+    present: bool
+    binary: str | None
+    annotations: tuple[str, ...]  # pod and container annotations both passed through
+
+    @property
+    def passes_enclave_annotations(self) -> bool:
+        return any(a in ("enclave.*", "*") for a in self.annotations)
+
+
+def handler_status(config: bytes, handler: str) -> HandlerStatus:
+    """The entry for ``handler`` in a containerd config (ContainerdConfigError if unreadable)."""
+    doc = _parse(_decode(config), "the containerd config")
+    entry = _runtimes(doc, _version(doc)).get(handler)
+    if not isinstance(entry, dict):
+        return HandlerStatus(False, None, ())
+    options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+    binary = options.get("BinaryName") if isinstance(options.get("BinaryName"), str) else None
+    pod = entry.get("pod_annotations") or []
+    container = entry.get("container_annotations") or []
+    both = tuple(a for a in pod if isinstance(a, str) and a in container)
+    return HandlerStatus(True, binary, both)
+
+
 def remove_runtime(current: bytes, handler: str) -> bytes | None:
     """The config without inclavare's block for ``handler``: the original bytes, or None when
     install created the file (delete it). Unchanged bytes when there is no block."""
