@@ -199,3 +199,52 @@ def test_sim_warning_is_logged_at_every_start(make_kbs, authority, tmp_path) -> 
         server = make_kbs(SIM_CONFIG, sample=False, directory=str(tmp_path))
         assert "SIMULATED" in server.stderr() and "NOT a TEE" in server.stderr()
         server.stop()
+
+
+def test_explain_replays_the_brokers_decision(make_kbs, authority, tmp_path) -> None:
+    """`inclavare explain` says why a real broker denied a resource, from the token it issued and
+    from the evidence itself with the same reference values: the same trust vector either way."""
+    import subprocess
+    import sys
+
+    from inclavare.policy.reference_values import build_message
+
+    _exported(authority, str(tmp_path))
+    server = make_kbs(SIM_CONFIG, sample=False)
+    from inclavare.formats.quote import parse_quote
+
+    signer = parse_quote(authority.quote(MR_ENCLAVE, b"")).report.mr_signer.hex()  # the sim enclave's MRSIGNER
+    values = {"mr_enclave": [MR_ENCLAVE.hex()], "mr_signer": [signer]}
+    assert server.admin("POST", "/reference-value", build_message(values)).status_code == 200
+    assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
+    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+        token = client.get_token()
+        with pytest.raises(KbsError) as denied:
+            client.get_resource("kbs:///default/key/1")
+    assert denied.value.kind == "PolicyDeny"
+    (tmp_path / "token.jwt").write_text(token)
+    (tmp_path / "rv.json").write_text(json.dumps(values))
+    (tmp_path / "quote.bin").write_bytes(authority.quote(MR_ENCLAVE, b"explain"))
+    inclavare = os.path.join(os.path.dirname(sys.executable), "inclavare")
+
+    def explain(*args: str) -> dict:
+        r = subprocess.run([inclavare, "explain", "--json", "--reference-values", str(tmp_path / "rv.json"), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    from_token = explain("--token", str(tmp_path / "token.jwt"))
+    from_evidence = explain("--evidence", str(tmp_path / "quote.bin"), "--collateral",
+                            str(tmp_path / "sim" / "collateral.json"), "--trust-anchor", str(tmp_path / "sim" / "root-ca.pem"))
+    for trace in (from_token, from_evidence):
+        assert trace["simulated"] is True and trace["resource"]["allowed"] is False
+        assert any("SIMULATED" in r for r in trace["resource"]["reasons"])
+        assert all(rv["match"] for rv in trace["reference_values"])
+        assert trace["trust_vector"]["executables"]["value"] == 3  # the reference values match
+    assert from_token["trust_vector"] == from_evidence["trust_vector"]
+    server.set_resource_policy(_allow_sim_measurement(MR_ENCLAVE.hex()))
+    (tmp_path / "allow.rego").write_text(_allow_sim_measurement(MR_ENCLAVE.hex()))
+    allowed = explain("--token", str(tmp_path / "token.jwt"), "--resource-policy", str(tmp_path / "allow.rego"))
+    assert allowed["resource"]["allowed"] is True
+    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+        assert client.get_resource("kbs:///default/key/1") == b"sim secret"  # the broker agrees

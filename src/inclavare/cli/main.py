@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.ratls_cmd",
     "inclavare.cli.node_cmd",
     "inclavare.cli.doctor_cmd",
+    "inclavare.cli.explain_cmd",
 )
 
 

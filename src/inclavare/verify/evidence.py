@@ -88,6 +88,16 @@ class Verdict:
         return {"tee": self.tee, "status": self.status, "advisory_ids": list(self.advisory_ids),
                 "claims": self.claims}
 
+    def appraisal_claims(self, simulated: bool) -> dict[str, Any]:
+        """The claims policies see (``input.<tee>``): the evidence's, its TCB status and advisories,
+        and ``simulated`` when only a simulated root vouched for it."""
+        claims = dict(self.claims)
+        claims["tcb_status"] = self.status
+        claims["advisory_ids"] = list(self.advisory_ids)
+        if simulated:
+            claims["simulated"] = True
+        return claims
+
 
 _TCB_INFO: Memo[str, TcbInfo | FormatError] = memo("evidence-tcb-info", 128)
 _CHAIN_LEAF: Memo[bytes, tuple[bytes, str, bytes] | FormatError] = memo("evidence-pck-leaf", 256)

@@ -136,11 +136,6 @@ def build_hardware_verifier(config: AttestationConfig) -> HardwareVerifier | Non
                     f"not verified by the real roots ({real_error}) nor by the simulated root ({sim_error})"
                 ) from sim_error
             simulated = True
-        claims = dict(verdict.claims)
-        claims["tcb_status"] = verdict.status
-        claims["advisory_ids"] = list(verdict.advisory_ids)
-        if simulated:
-            claims["simulated"] = True
-        return claims, simulated
+        return verdict.appraisal_claims(simulated), simulated
 
     return verify
