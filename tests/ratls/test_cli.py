@@ -143,4 +143,6 @@ def test_relays_carry_a_plain_service_over_mutual_ratls(authority: SimAuthority,
     assert f"mr_enclave {bytes(32).hex()} is not an expected value" in serve_log
     assert "accepted" in serve_log and "Traceback" not in serve_log
     assert f"mr_enclave {MR_A.hex()} is not an expected value" in (tmp_path / "picky.log").read_text()
+    # the refused client does not report a connection as a success: the server closed it at once
+    assert "without sending a byte" in (tmp_path / "impostor.log").read_text()
     assert "Traceback" not in (tmp_path / "good.log").read_text()

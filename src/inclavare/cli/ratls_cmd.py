@@ -191,6 +191,9 @@ def _credentials(args: argparse.Namespace) -> Any:
             raise ConfigError("--attester sim needs --sim-authority DIR")
         mr = _hex(args.sim_mr_enclave, 32, "--sim-mr-enclave") if args.sim_mr_enclave else None
         attester = SimAuthorityAttester.from_state_dir(args.sim_authority, mr)
+        # peers must pin it: say which (a random one unless --sim-mr-enclave), and what it is
+        print(f"inclavare ratls: SIMULATED TEE evidence for mr_enclave {attester.mr_enclave.hex()}"
+              f"{'' if mr else ' (random: pass --sim-mr-enclave to fix it)'}", file=sys.stderr, flush=True)
     elif args.attester == "agent":
         attester = AgentAttester(args.agent_socket)
     elif args.attester == "tsm":

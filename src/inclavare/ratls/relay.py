@@ -119,10 +119,13 @@ def describe_verdict(verdict: Any) -> str:
     return f"{verdict.evidence_type}{label} {identity[:16]}… status {verdict.status}"
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[float]) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[float]) -> int:
+    """Copy one way; returns the bytes copied."""
+    copied = 0
     try:
         while data := await reader.read(_BUFFER):
             seen[0] = time.monotonic()
+            copied += len(data)
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof() and not writer.is_closing():
@@ -130,19 +133,21 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen
     except (ConnectionError, OSError, InclavareError) as exc:
         log.debug("relay stream ended: %s", exc)
         writer.close()
+    return copied
 
 
 async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter], idle_timeout: float = 0) -> None:
+                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter], idle_timeout: float = 0) -> tuple[int, int]:
     """Copy both ways until both ends closed; with ``idle_timeout``, until no byte moved either
-    way for that long (a download with a silent upload is not idle)."""
+    way for that long (a download with a silent upload is not idle). Returns the bytes a → b and
+    b → a (-1, -1 when cut off as idle)."""
     seen = [time.monotonic()]
     pipes = asyncio.gather(_pipe(a[0], b[1], seen), _pipe(b[0], a[1], seen))
     try:
-        if idle_timeout <= 0:
-            await pipes
-            return
         while not pipes.done():
+            if idle_timeout <= 0:
+                await asyncio.wait({pipes})
+                continue
             wait = seen[0] + idle_timeout - time.monotonic()
             if wait <= 0:
                 log.info("closed an idle relayed connection (no byte either way for %g s)", idle_timeout)
@@ -157,6 +162,10 @@ async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         for writer in (a[1], b[1]):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+    if pipes.cancelled():
+        return -1, -1
+    up, down = pipes.result()
+    return up, down
 
 
 async def serve(listen: Endpoint, forward: Endpoint, context: SSL.Context, *,
@@ -209,8 +218,11 @@ async def connect(listen: Endpoint, remote: Endpoint, context: SSL.Context, *,
                 writer.close()
                 return
             verdict = remote_streams[1].get_extra_info("ratls_verdict")
-            log.info("connected %s to %s: %s", peer, remote, describe_verdict(verdict))
-            await _splice((reader, writer), remote_streams, limits.idle_timeout)
+            log.info("handshake with %s done for %s: %s", remote, peer, describe_verdict(verdict))
+            _, down = await _splice((reader, writer), remote_streams, limits.idle_timeout)
+            if down == 0:  # TLS 1.3: a server refuses a client certificate after our handshake ends
+                log.warning("%s closed the connection from %s without sending a byte (if we presented "
+                            "an RA-TLS certificate, the server may have refused it: see its log)", remote, peer)
         finally:
             release()
 
