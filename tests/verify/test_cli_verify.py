@@ -82,3 +82,15 @@ def test_old_option_names_still_work_and_help_shows_one_name(capsys: pytest.Capt
             build_parser().parse_args(command)
         text = capsys.readouterr().out
         assert "--at RFC3339" in text and "--now" not in text and "--trust-root" not in text
+
+
+def test_inspect_shows_the_pck_chain_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not hex of PEM text: the chain's names (a simulated chain says SIMULATED in each), no reprs."""
+    code, out, _ = _run(capsys, "inspect", str(vector("dcap", "sgx_quote")), "--json")
+    assert code == 0
+    chain = json.loads(out)["evidence"]["auth_data"]["qe"]["certification_data"]["body"]["pck_certificate_chain"]
+    assert [c["simulated"] for c in chain] == [False] * len(chain) and len(chain) == 3
+    assert "Intel SGX PCK Certificate" in chain[0]["subject"] and "Intel SGX Root CA" in chain[-1]["subject"]
+    code, text, _ = _run(capsys, "inspect", str(vector("dcap", "sgx_quote")))
+    assert "pck_certificate_chain[2]:" in text and "Intel SGX Root CA" in text
+    assert not any(word in text for word in ("None", "False", "True", "{'"))

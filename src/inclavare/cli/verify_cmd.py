@@ -43,14 +43,34 @@ def _certificates(path: str, what: str) -> list[Any]:
             raise ConfigError(f"{what} {path} holds no readable certificate: {exc}") from exc
 
 
+def _certificates_of(pem: bytes) -> list[dict[str, Any]] | None:
+    """A PEM chain as its certificates' names (a simulated chain says SIMULATED in each)."""
+    from cryptography import x509
+
+    from inclavare.tee.sim_pki import is_simulated
+
+    try:
+        chain = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return None
+    return [{"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
+             "not_after": c.not_valid_after_utc.isoformat(), "simulated": is_simulated(c)} for c in chain]
+
+
 def _plain(value: Any) -> Any:
-    """JSON-ready form of parsed structures (dataclasses → dicts, bytes → hex)."""
+    """JSON-ready form of parsed structures (dataclasses → dicts, bytes → hex, a PEM certificate
+    chain → its certificates' names)."""
     import dataclasses
     import enum
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.name not in ("raw", "der")}
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name not in ("raw", "der")}
+        body = fields.get("body")
+        if isinstance(body, (bytes, bytearray)) and body.lstrip().startswith(b"-----BEGIN CERTIFICATE"):
+            chain = _certificates_of(bytes(body))
+            if chain is not None:
+                fields["body"] = {"pck_certificate_chain": chain}
+        return {name: _plain(item) for name, item in fields.items()}
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
     if isinstance(value, enum.Enum):
@@ -149,6 +169,10 @@ def _print_tree(value: Any, depth: int) -> None:
         if isinstance(item, dict):
             print(f"{pad}{key}:")
             _print_tree(item, depth + 1)
+        elif isinstance(item, list) and item and all(isinstance(i, dict) for i in item):
+            for index, element in enumerate(item):
+                print(f"{pad}{key}[{index}]:")
+                _print_tree(element, depth + 1)
         elif isinstance(item, str) and len(item) > 200:
             print(f"{pad}{key}: {item[:96]}… ({len(item) // 2} bytes)")
         else:
