@@ -71,6 +71,9 @@ def test_issue_then_inspect_and_verify(authority: SimAuthority, exported: Path, 
     assert r.returncode == 0, r.stderr
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert "SIMULATED TEE" in r.stderr and str(key) in r.stderr  # where the key went, and what it is
+    first_key = key.read_bytes()
+    again = run("issue", "--cert-out", str(cert), "--key-out", str(key), *_sim_args(authority, MR_A))
+    assert again.returncode == 2 and "--force" in again.stderr and key.read_bytes() == first_key  # nothing lost
     inspected = json.loads(run("inspect", str(cert), "--json").stdout)
     assert inspected["pubkey_bound"] is True and inspected["quote"]["simulated"] is True
     ok = run("verify", str(cert), "--json", "--trust-anchor", str(exported / "root-ca.pem"),

@@ -143,6 +143,7 @@ def add_parser(sub: Any) -> None:
     issue.add_argument("--cert-out", required=True, metavar="FILE", help="where to write the certificate (PEM)")
     issue.add_argument("--key-out", required=True, metavar="FILE",
                        help="where to write its private key (PEM, mode 0600)")
+    issue.add_argument("--force", action="store_true", help="replace --cert-out and --key-out if they exist")
     _local_certificate_options(issue)
     issue.set_defaults(handler=_issue)
 
@@ -313,6 +314,9 @@ def _issue(args: argparse.Namespace) -> int:
 
     from inclavare.atomic_file import write_atomic
 
+    existing = [path for path in (args.cert_out, args.key_out) if os.path.exists(path)]
+    if existing and not args.force:
+        raise ConfigError(f"{', '.join(existing)} exists; pass --force to replace it (a key in use would be lost)")
     credentials = _credentials(args)
     write_atomic(args.key_out, credentials.private_key_pem(), 0o600)
     write_atomic(args.cert_out, credentials.certificate_pem(), 0o644)
