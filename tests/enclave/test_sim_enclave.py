@@ -277,3 +277,25 @@ def test_agent_ls_lists_what_the_agent_holds(rune: Rune, agent: AgentProcess, bu
         assert "sim (SIMULATED)" in row and entry["measurement"][:16] in row
     finally:
         rune("delete", "--force", "listed")
+
+
+def test_agent_decisions_are_json_lines_with_log_format_json(
+        rune_bin: str, runc_root: str, tmp_path: Path, bundle_factory: BundleFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One structured line per registration and deregistration, with the facts as fields."""
+    (tmp_path / "agent").mkdir()
+    agent = AgentProcess(tmp_path / "agent", log_format="json").start()
+    try:
+        for k, v in agent.env.items():
+            monkeypatch.setenv(k, v)
+        rune = Rune(rune_bin, runc_root, tmp_path)
+        rune.create(bundle_factory(["/bin/sleep", "300"], annotations=SIM), "logged")
+        assert rune("delete", "--force", "logged").returncode == 0
+    finally:
+        agent.stop()
+    lines = [json.loads(line) for line in agent.log.read_text().splitlines()]  # every line is JSON
+    events = {doc.get("event"): doc for doc in lines if doc.get("container") == "logged"}
+    assert set(events) >= {"register", "deregister"}, lines
+    register = events["register"]
+    assert register["tee"] == "sim" and register["simulated"] is True and len(register["measurement"]) == 64
+    assert register["request_id"] and register["component"] == "agent" and register["level"] == "info"

@@ -14,9 +14,10 @@ from inclavare.services.agent import client
 
 
 class AgentProcess:
-    def __init__(self, work: Path, kbs_url: str | None = None, epc_mib: int = 0) -> None:
+    def __init__(self, work: Path, kbs_url: str | None = None, epc_mib: int = 0, log_format: str = "text") -> None:
         self.work = work
         self.epc_mib = epc_mib
+        self.log_format = log_format
         self.state_dir = work / "state"
         self.socket = str(work / "run" / "agent.sock")
         self.channels_dir = str(work / "run" / "enclaves")  # one channel directory per enclave container
@@ -39,6 +40,8 @@ class AgentProcess:
             cmd += ["--kbs-url", self.kbs_url]
         if self.epc_mib:
             cmd += ["--epc-mib", str(self.epc_mib)]
+        if self.log_format != "text":
+            cmd += ["--log-format", self.log_format]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, **self.env},

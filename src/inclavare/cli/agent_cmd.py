@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s.add_argument("--epc-mib", type=int, default=0, metavar="N",
                    help="the simulated TEE's EPC in MiB: a sim enclave is refused at create when the running "
                         "ones already hold more than N minus its need (default: 0, no accounting)")
+    s.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text lines for people, or one JSON object per line for collectors (default: %(default)s)")
     s.set_defaults(handler=_serve)
 
     ls = agent_sub.add_parser("ls", help="list the enclave containers the node agent knows",
@@ -79,4 +81,5 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.epc_mib <= 1 << 24:
         raise ConfigError(f"--epc-mib must be between 0 and {1 << 24} MiB, not {args.epc_mib}")
     return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url,
-                 extra_control={PREPARE_PATH: make_prepare_handler}, epc_mib=args.epc_mib)
+                 extra_control={PREPARE_PATH: make_prepare_handler}, epc_mib=args.epc_mib,
+                 log_format=args.log_format)

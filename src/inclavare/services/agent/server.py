@@ -33,6 +33,7 @@ from inclavare.services.agent import paths
 from inclavare.services.agent.channel import Channels, Quoter, RelayTarget
 from inclavare.services.agent.registry import Registration, Registry, registration_from
 from inclavare.services.enclave_layout import HOST_SOCKET_NAME
+from inclavare.services.logs import configure, event, request_id
 from inclavare.services.peer import Peer
 from inclavare.services.unix_http import HttpError, Limits, Listener, Request, Response, UnixHttpServer
 
@@ -107,7 +108,8 @@ class Agent:
             try:
                 for reg in self.registry.collect_garbage():
                     self._close_channel(reg.key)
-                    log.info("forgot enclave container %s (runc no longer knows it)", reg.id)
+                    event(log, "forget", "forgot enclave container %s (runc no longer knows it)", reg.id,
+                          container=reg.id, root=reg.root)
             except Exception:  # keep serving; the next round retries
                 log.exception("garbage collection failed")
 
@@ -145,7 +147,9 @@ class Agent:
         except OSError as exc:
             self.registry.deregister(reg.root, reg.id)
             raise AgentError(f"cannot open the channel of enclave container {reg.id}: {exc.strerror or exc}") from None
-        log.info("registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee, reg.measurement)
+        event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
+              reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
+              epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=request_id())
         return {**reg.public(), "channel": channel}
 
     def describe(self, reg: Registration) -> dict[str, Any]:
@@ -183,14 +187,16 @@ class Agent:
             if reg is None:
                 return 404, {"detail": f"container {parts[2]} is not registered"}
             self._close_channel(reg.key)
-            log.info("deregistered enclave container %s", reg.id)
+            event(log, "deregister", "deregistered enclave container %s", reg.id, container=reg.id, root=reg.root,
+                  request_id=request_id())
             return 200, {"deregistered": reg.id}
         raise HttpError(404, f"no such endpoint: {method} {path}")
 
 
 def serve(state_dir: str, control_socket: str, kbs_url: str | None = None,
-          extra_control: dict[str, ControlHandlerFactory] | None = None, epc_mib: int = 0) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+          extra_control: dict[str, ControlHandlerFactory] | None = None, epc_mib: int = 0,
+          log_format: str = "text") -> int:
+    configure("agent", log_format)
     agent = Agent(state_dir, control_socket, kbs_url, extra_control, epc_mib=epc_mib)
     agent.start()
     log.warning("simulated TEE: quotes are signed by this installation's SIMULATED SGX root; "
