@@ -8,6 +8,7 @@ Intel's quotes accepts it under the simulated root, and identity comes from kern
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -299,3 +300,34 @@ def test_agent_decisions_are_json_lines_with_log_format_json(
     register = events["register"]
     assert register["tee"] == "sim" and register["simulated"] is True and len(register["measurement"]) == 64
     assert register["request_id"] and register["component"] == "agent" and register["level"] == "info"
+
+
+def test_agent_metrics_count_what_happened(rune: Rune, agent: AgentProcess, bundle_factory: BundleFactory) -> None:
+    """Prometheus text on the control socket: starts, quotes, refusals by reason, EPC."""
+    import socket as _socket
+
+    from inclavare.services.agent import client
+
+    def metrics() -> dict[str, float]:
+        text = client.request(agent.socket, "GET", "/metrics").body.decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = metrics()
+    rune.create(bundle_factory(["/bin/sleep", "300"], annotations=SIM), "counted")
+    try:
+        assert rune("start", "counted").returncode == 0
+        wait_running(rune, "counted")
+        assert rune("exec", "counted", ATTEST, "evidence").returncode == 0  # one quote
+        channel = next(c["channel"] for c in agent.containers() if c["id"] == "counted")
+        with _socket.socket(_socket.AF_UNIX) as host:  # a host process: refused (namespaces differ)
+            host.connect(os.path.join(channel, "host.sock"))
+            host.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            assert b" 403 " in host.recv(4096)
+        after = metrics()
+    finally:
+        rune("delete", "--force", "counted")
+    assert after["agent_registrations_total"] == before["agent_registrations_total"] + 1
+    assert after["agent_quotes_total"] >= before["agent_quotes_total"] + 1
+    assert after['agent_refusals_total{reason="namespace"}'] >= before.get('agent_refusals_total{reason="namespace"}', 0) + 1
+    assert after["agent_enclaves"] >= 1 and "agent_epc_in_use_mib" in after

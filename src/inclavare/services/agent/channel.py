@@ -30,6 +30,7 @@ from inclavare.errors import NotSupportedError
 from inclavare.services.agent.registry import Registration, Registry
 from inclavare.services.http_transport import parse_origin, tcp_connect
 from inclavare.services.peer import Peer
+from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
 
 SIM_TYPE = "sim"
@@ -96,21 +97,26 @@ class Quoter:
 class Channels:
     """Admission and routes of every container's channel (one listener per container)."""
 
-    def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None) -> None:
+    def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None,
+                 metrics: Counters | None = None) -> None:
         self.registry = registry
         self.quoter = quoter
         self.relay = relay
+        self.metrics = metrics or Counters({})
         self.counters: dict[str, RelayCounters] = {}
 
     def admit(self, key: str, peer: Peer | None) -> None:
         """Raise 403 unless ``peer`` is a process of the container registered under ``key``."""
         if peer is None or peer.ns is None:
+            self.metrics.inc("agent_refusals_total", reason="unidentified")
             raise HttpError(403, f"{REFUSED} (the caller could not be identified)")
         expected = self.registry.init_namespaces(key)
         if expected is None:
+            self.metrics.inc("agent_refusals_total", reason="not_running")
             raise HttpError(403, f"{REFUSED} (the container is not running)")
         differing = expected.differing(peer.ns)
         if differing:
+            self.metrics.inc("agent_refusals_total", reason="namespace")
             raise HttpError(403, f"{REFUSED} (the caller's {', '.join(differing)} namespace differs)")
 
     def handle(self, key: str, request: Request) -> Response | Tunnel:
@@ -119,8 +125,10 @@ class Channels:
             raise HttpError(403, f"{REFUSED} (no such registration)")
         method, path = request.method, request.path
         if method == "POST" and path == "/v1/quote":
-            return Response.json(200, {"tee": "sgx", "evidence": {"quote": base64.b64encode(
-                self.quoter.quote(reg, _report_data(request.json()))).decode()}, "simulated": reg.tee == SIM_TYPE})
+            quote = self.quoter.quote(reg, _report_data(request.json()))
+            self.metrics.inc("agent_quotes_total")
+            return Response.json(200, {"tee": "sgx", "evidence": {"quote": base64.b64encode(quote).decode()},
+                                       "simulated": reg.tee == SIM_TYPE})
         if method == "GET" and path == "/v1/collateral":
             if reg.tee != SIM_TYPE:
                 raise NotSupportedError("collateral for hardware quotes comes from Intel's PCS or a PCCS")
@@ -138,7 +146,14 @@ class Channels:
         if self.relay is None:
             raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
         counters = self.counters.setdefault(key, RelayCounters())
-        return Tunnel(connect=self.relay.connect, done=counters.add)
+
+        def done(up: int, down: int) -> None:
+            counters.add(up, down)
+            self.metrics.inc("agent_relay_tunnels_total")
+            self.metrics.inc("agent_relay_bytes_total", up, direction="up")
+            self.metrics.inc("agent_relay_bytes_total", down, direction="down")
+
+        return Tunnel(connect=self.relay.connect, done=done)
 
     def forget(self, key: str) -> None:
         self.counters.pop(key, None)

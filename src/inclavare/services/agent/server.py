@@ -35,9 +35,18 @@ from inclavare.services.agent.registry import Registration, Registry, registrati
 from inclavare.services.enclave_layout import HOST_SOCKET_NAME
 from inclavare.services.logs import configure, event, request_id
 from inclavare.services.peer import Peer
+from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Limits, Listener, Request, Response, UnixHttpServer
 
 log = logging.getLogger("inclavare.agent")
+METRICS = {  # named like the key broker's (Trustee's kbs_* counters)
+    "agent_quotes_total": "quotes issued to enclave containers",
+    "agent_refusals_total": "channel connections refused, by reason",
+    "agent_registrations_total": "enclave containers registered (enclave starts)",
+    "agent_deregistrations_total": "enclave containers deregistered",
+    "agent_relay_tunnels_total": "relay tunnels to the key broker that ended",
+    "agent_relay_bytes_total": "bytes relayed, by direction (counted, never read)",
+}
 
 GC_INTERVAL = 5.0  # a dead container costs a stat: forget it soon, with its channel
 ControlHandlerFactory = Callable[["Agent"], Callable[[Any], tuple[int, Any]]]
@@ -59,7 +68,12 @@ class Agent:
         self.channels_dir = paths.channels_dir_for(self.control_socket)
         self.registry = Registry(os.path.join(self.run_dir, "agent", "containers"))
         self.relay = RelayTarget.parse(kbs_url) if kbs_url else None
-        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay)
+        self.metrics = Counters(METRICS, {
+            "agent_enclaves": ("enclave containers registered", lambda: len(self.registry.all())),
+            "agent_epc_in_use_mib": ("EPC held by running sim enclaves (MiB)", self.registry.epc_in_use),
+            "agent_epc_capacity_mib": ("the simulated TEE's EPC (MiB; 0: not accounted)", lambda: self.epc_mib),
+        })
+        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay, self.metrics)
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
@@ -147,6 +161,7 @@ class Agent:
         except OSError as exc:
             self.registry.deregister(reg.root, reg.id)
             raise AgentError(f"cannot open the channel of enclave container {reg.id}: {exc.strerror or exc}") from None
+        self.metrics.inc("agent_registrations_total")
         event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
               reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
               epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=request_id())
@@ -162,13 +177,16 @@ class Agent:
     def _control(self, request: Request) -> Response:
         status, payload = self.control(request.method, request.path, request.query(), request.json())
         if isinstance(payload, bytes):
-            return Response(status, payload, "application/octet-stream")
+            kind = "text/plain; version=0.0.4" if request.path == "/metrics" else "application/octet-stream"
+            return Response(status, payload, kind)
         return Response.json(status, payload)
 
     def control(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         if method == "POST" and path in self.extra_control:
             return self.extra_control[path](body)
         parts = [unquote(p) for p in path.strip("/").split("/")]
+        if method == "GET" and parts == ["metrics"]:
+            return 200, self.metrics.render().encode()
         if method == "GET" and parts == ["v1", "health"]:
             return 200, {"status": "ok", "version": __version__, "tee": "sim",
                          "containers": len(self.registry.all()), "kbs": self.relay.url if self.relay else None,
@@ -187,6 +205,7 @@ class Agent:
             if reg is None:
                 return 404, {"detail": f"container {parts[2]} is not registered"}
             self._close_channel(reg.key)
+            self.metrics.inc("agent_deregistrations_total")
             event(log, "deregister", "deregistered enclave container %s", reg.id, container=reg.id, root=reg.root,
                   request_id=request_id())
             return 200, {"deregistered": reg.id}
