@@ -393,12 +393,13 @@ def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
     assert parse_resource_uri("kbs://ignored-host/default/key/1") == "default/key/1"
 
 
-def test_sessions_per_client_are_capped_and_forgotten_when_expired() -> None:
+def test_sessions_per_client_are_capped_and_forgotten_when_expired(tmp_path) -> None:
     from inclavare.services.kbs.client_limits import TooManyRequests
     from inclavare.services.kbs.sessions import SessionMap
+    from inclavare.services.kbs.store_sqlite import SqliteStore
 
     now = [1000.0]
-    sessions = SessionMap(60, 100, clock=lambda: now[0], max_per_client=3)
+    sessions = SessionMap(SqliteStore(str(tmp_path / "s.db")), 60, 100, clock=lambda: now[0], max_per_client=3)
     for _ in range(3):
         sessions.create("sample", "n", "10.0.0.1")
     with pytest.raises(TooManyRequests) as exc:

@@ -141,7 +141,7 @@ async def handle_attest(call: Call) -> Response:
     known = call.service.rcar.sessions.get(sid)
     tee = known.tee if known is not None else "unknown"
     try:
-        session = call.service.rcar.attest(sid, body)
+        session = call.service.rcar.attest(sid, body, known)
     except KbsError:
         metrics.inc("kbs_attestation_failures_total", tee_type=tee)
         raise

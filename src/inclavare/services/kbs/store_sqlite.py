@@ -1,4 +1,5 @@
-"""SQLite backend of the KBS store: WAL journal, ``synchronous=FULL``, one connection under a lock."""
+"""SQLite backend of the KBS store: WAL journal (durable writes ``synchronous=FULL``, session writes
+``NORMAL``), one connection per process under a lock; the workers of one host share the file."""
 
 from __future__ import annotations
 
@@ -23,17 +24,20 @@ class SqliteStore(KbsStore):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # FULL around durable writes
             self._conn.execute("PRAGMA busy_timeout=30000")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
         self._init_schema()
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[Any]:
+    def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         with self._lock:
             cur = self._conn.cursor()
+            sync = write and durable
             try:
+                if sync:  # a FULL commit fsyncs the WAL, and with it every commit before it
+                    cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield cur
                 cur.execute("COMMIT")
@@ -44,7 +48,16 @@ class SqliteStore(KbsStore):
                 self._rollback(cur)
                 raise
             finally:
+                if sync:
+                    self._restore_normal(cur)
                 cur.close()
+
+    @staticmethod
+    def _restore_normal(cur: sqlite3.Cursor) -> None:
+        try:
+            cur.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            pass
 
     @staticmethod
     def _rollback(cur: sqlite3.Cursor) -> None:
