@@ -157,6 +157,9 @@ def run_worker(config: KbsConfig, limits: Limits, token_key: ec.EllipticCurvePri
     server_config: Any = uvicorn.Config(
         create_app(service), log_level=config.log_level if config.log_level != "info" else "warning",
         access_log=False, lifespan="off", server_header=False, http=guarded_protocol(limits),
+        # A client is its peer address (docs/kbs.md): X-Forwarded-For from a local process is not
+        # trusted, or anyone on the host could pick the address its limits are counted against.
+        proxy_headers=False,
         timeout_keep_alive=limits.keep_alive_timeout_seconds,
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )

@@ -67,13 +67,13 @@ class SessionMap:
         self._last_purge = clock()
 
     def __len__(self) -> int:
-        with self.store.ephemeral() as cur:
+        with self.store.reading() as cur:
             cur.execute("SELECT value FROM kbs_meta WHERE key = 'sessions'")
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
     def count(self, client: str) -> int:
-        with self.store.ephemeral() as cur:
+        with self.store.reading() as cur:
             cur.execute(self.store.sql("SELECT sessions FROM kbs_clients WHERE client = ?"), (client,))
             row = cur.fetchone()
         return int(row[0]) if row else 0
@@ -113,7 +113,7 @@ class SessionMap:
 
     def _refusal(self, per_client: bool, client: str, now: float) -> TooManyRequests:
         query = "SELECT MIN(expires) FROM kbs_sessions" + (" WHERE client = ?" if per_client else "")
-        with self.store.ephemeral() as cur:
+        with self.store.reading() as cur:
             cur.execute(self.store.sql(query), (client,) if per_client else ())
             row = cur.fetchone()
         retry = (float(row[0]) - now) if row and row[0] is not None else 1.0
@@ -130,7 +130,7 @@ class SessionMap:
         cached = self._attested.get(session_id)
         if cached is not None:
             return None if cached.expired(now) else cached
-        with self.store.ephemeral() as cur:
+        with self.store.reading() as cur:
             cur.execute(self.store.sql(
                 "SELECT tee, nonce, expires, client, token, claims FROM kbs_sessions WHERE id = ?"), (session_id,))
             row = cur.fetchone()

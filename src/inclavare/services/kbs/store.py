@@ -53,12 +53,17 @@ class KbsStore(ABC):
     @abstractmethod
     @contextmanager
     def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
-        """Yield a cursor inside a transaction committed on exit (``write=False``: read-only;
+        """Yield a cursor inside a transaction committed on exit (``write=False``: read-only, one
+        statement on SQLite;
         ``durable=False``: the commit does not wait for the disk, see the module docstring)."""
 
     def ephemeral(self) -> Any:
         """A write transaction for session state (committed, but not fsynced)."""
         return self._transaction(write=True, durable=False)
+
+    def reading(self) -> Any:
+        """A read-only transaction (on SQLite: one statement)."""
+        return self._transaction(write=False)
 
     def sql(self, text: str) -> str:
         """``text`` with ``?`` placeholders in this backend's style."""

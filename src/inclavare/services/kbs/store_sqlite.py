@@ -38,14 +38,18 @@ class SqliteStore(KbsStore):
             try:
                 if sync:  # a FULL commit fsyncs the WAL, and with it every commit before it
                     cur.execute("PRAGMA synchronous=FULL")
-                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield cur
-                cur.execute("COMMIT")
+                if write:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur  # a read is one statement: atomic on its own, no BEGIN/COMMIT to pay
+                if write:
+                    cur.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback(cur)
+                if write:
+                    self._rollback(cur)
                 raise StoreError(f"SQLite store error: {exc}") from exc
             except BaseException:
-                self._rollback(cur)
+                if write:
+                    self._rollback(cur)
                 raise
             finally:
                 if sync:
