@@ -264,7 +264,7 @@ def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Respon
                 raise KbsError(f"Plugin {plugin[:64]} not found", kind="PluginNotFound", status=404)
             if route.access == "admin":
                 service.admin.check(request.headers.get("authorization"), f"{KBS_PREFIX}/{plugin}")
-            query = dict(parse_qsl(request.url.query, keep_blank_values=True))
+            query = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
             return await route.handler(Call(request, rest, query, service))
         except KbsError as exc:
             return error_response(exc)

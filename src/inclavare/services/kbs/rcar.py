@@ -27,7 +27,6 @@ from inclavare.services.kbs.protocol import (
     runtime_data,
 )
 from inclavare.services.kbs.sessions import Session, SessionMap
-from inclavare.services.kbs.token_verifier import tee_public_key
 
 log = logging.getLogger("inclavare.kbs")
 
@@ -69,7 +68,7 @@ class RcarHandshake:
                 "KBS protocol's Attestation message"
             )
         try:
-            check_recipient_jwk(attestation.tee_pubkey)
+            tee_key = check_recipient_jwk(attestation.tee_pubkey)
         except FormatError as exc:
             raise attest_error(f"invalid tee-pubkey: {exc}") from exc
         if attestation.additional_evidence:
@@ -84,8 +83,8 @@ class RcarHandshake:
         except InclavareError as exc:
             log.info("attestation failed for session %s (%s): %s", session.id[:8], session.tee, exc)
             raise evidence_error(exc) from exc
-        tee_public_key(result.claims)  # refuse a token without a usable TEE key before recording it
-        session = self.sessions.attest(session, result.token, result.claims)
+        # The claims carry this very key (runtime_data_claims.tee-pubkey), already parsed above.
+        session = self.sessions.attest(session, result.token, result.claims, tee_key)
         if not session.attested:
             raise attest_error("session not found or expired; start again with /auth")
         return session

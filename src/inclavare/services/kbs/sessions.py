@@ -141,7 +141,7 @@ class SessionMap:
             self._remember(session, row[4], json.loads(row[5]))
         return session
 
-    def attest(self, session: Session, token: str, claims: dict[str, Any]) -> Session:
+    def attest(self, session: Session, token: str, claims: dict[str, Any], tee_key: Any = None) -> Session:
         """Record the attestation once; the session as attested (by this call or by a racing one)."""
         with self.store.ephemeral() as cur:
             cur.execute(self.store.sql(
@@ -149,13 +149,13 @@ class SessionMap:
                 (token, json.dumps(claims, separators=(",", ":")), session.id, self._clock()))
             won = cur.rowcount == 1
         if won:
-            self._remember(session, token, claims)
+            self._remember(session, token, claims, tee_key)
             return session
         return self.get(session.id) or session  # lost a race: the winner's token (or expired: None)
 
-    def _remember(self, session: Session, token: str, claims: dict[str, Any]) -> None:
+    def _remember(self, session: Session, token: str, claims: dict[str, Any], tee_key: Any = None) -> None:
         session.token, session.claims = token, claims
-        session.tee_key = tee_public_key(claims)
+        session.tee_key = tee_key if tee_key is not None else tee_public_key(claims)
         self._attested[session.id] = session
         while len(self._attested) > ATTESTED_CACHE:
             self._attested.popitem(last=False)
