@@ -45,28 +45,22 @@ class SqliteStore(KbsStore):
                     cur.execute("COMMIT")
             except sqlite3.Error as exc:
                 if write:
-                    self._rollback(cur)
+                    self._quietly(cur, "ROLLBACK")
                 raise StoreError(f"SQLite store error: {exc}") from exc
             except BaseException:
                 if write:
-                    self._rollback(cur)
+                    self._quietly(cur, "ROLLBACK")
                 raise
             finally:
                 if sync:
-                    self._restore_normal(cur)
+                    self._quietly(cur, "PRAGMA synchronous=NORMAL")
                 cur.close()
 
     @staticmethod
-    def _restore_normal(cur: sqlite3.Cursor) -> None:
+    def _quietly(cur: sqlite3.Cursor, statement: str) -> None:
+        """Clean-up after a failure must not hide the failure."""
         try:
-            cur.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error:
-            pass
-
-    @staticmethod
-    def _rollback(cur: sqlite3.Cursor) -> None:
-        try:
-            cur.execute("ROLLBACK")
+            cur.execute(statement)
         except sqlite3.Error:
             pass
 
