@@ -285,7 +285,8 @@ def make_dispatcher(service: KbsService) -> Callable[[Request], Awaitable[Respon
             elapsed = time.perf_counter() - started
             service.metrics.inc("kbs_http_requests_total")
             service.metrics.observe(elapsed)
-            log.debug("%s %s %.2f ms", request.method, request.url.path, elapsed * 1000)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s %.2f ms", request.method, request.scope["path"], elapsed * 1000)
 
     return dispatch
 
