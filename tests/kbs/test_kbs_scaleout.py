@@ -263,3 +263,29 @@ def test_tls_table_serves_https_with_workers(tmp_path: Path) -> None:
             assert r.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", r.cookies["kbs-session-id"])
     finally:
         server.stop()
+
+
+def test_listener_bounds_hold_in_every_worker(make_kbs, tmp_path: Path) -> None:
+    """Each worker applies the connection caps and the request deadline itself (per process)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    server = make_kbs(_replica_config(tmp_path, workers=2)
+                      + "[limits]\nmax_connections_per_client = 2\nrequest_timeout_seconds = 1\n")
+    parts = urlsplit(server.url)
+    conns = [socket.create_connection((parts.hostname, parts.port), timeout=5) for _ in range(8)]
+    time.sleep(0.5)
+    refused = []
+    for c in conns:
+        c.setblocking(False)
+        try:
+            refused.append(c.recv(4096).startswith(b"HTTP/1.1 503"))
+        except BlockingIOError:
+            refused.append(False)  # held by a worker, silent until its deadline
+    assert 4 <= refused.count(True) <= 6, refused  # 2 held per worker at most: 2 to 4 held in all
+    time.sleep(1.5)
+    for c, was_refused in zip(conns, refused):
+        if not was_refused:
+            c.setblocking(True)
+            assert c.recv(4096).startswith(b"HTTP/1.1 408")  # the deadline, in whichever worker
+        c.close()
