@@ -27,7 +27,7 @@ from inclavare.services.kbs.store_sqlite import SqliteStore
 
 TIMEOUT = 10.0
 _POLICIES = PolicyCache()
-_DB = os.path.join(tempfile.mkdtemp(prefix="kbs-machine-"), "kbs.db")
+_DIR = tempfile.mkdtemp(prefix="kbs-machine-")
 _PUB = jwk_from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key(), alg="ECDH-ES+A256KW")
 
 
@@ -43,15 +43,16 @@ class RcarMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
-        self.store = SqliteStore(_DB)
+        self.store = SqliteStore(tempfile.mktemp(dir=_DIR, suffix=".db"))  # sessions live in the store
         service = BuiltinAttestationService(
             self.store, ec.generate_private_key(ec.SECP256R1()), allow_sample=True, token_lifetime_s=300,
             hardware_verifier=None, policies=_POLICIES, clock=self.clock)
-        self.rcar = RcarHandshake(SessionMap(TIMEOUT, 50, clock=self.clock), service)
+        self.rcar = RcarHandshake(SessionMap(self.store, TIMEOUT, 50, clock=self.clock), service)
         self.sessions: dict[str, dict] = {}  # id -> model {"nonce", "created", "token"}
 
     def teardown(self) -> None:
         self.store.close()
+        os.remove(self.store.path)
 
     def _body(self, nonce: str, *, good: bool) -> bytes:
         rd = runtime_data_digest(runtime_data(_PUB, nonce, ""), "sample")

@@ -345,10 +345,25 @@ def test_config_defaults_fail_closed(tmp_path) -> None:
     {"insecure_allow_sample_tee": "yes"}, {"store": "mysql://x"}, {"session_timeout_seconds": 0},
     {"session_timeout_seconds": True}, {"payload_limit_bytes": 10},
     {"attestation": {"insecure_sim_trust_anchor": "root.pem"}}, {"log_level": "loud"},
+    {"workers": 0}, {"workers": 65}, {"workers": "2"}, {"workers": True}, {"tls": {"certificate": "c.pem"}},
+    {"tls": {"cert": "c.pem"}}, {"tls": {"cert": "c.pem", "key": "missing.pem"}},
+    {"tls": {"cert": "c.pem", "key": "k.pem"}, "tls_certificate": "c.pem", "tls_private_key": "k.pem"},
 ])
 def test_config_errors(doc: dict, tmp_path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
     with pytest.raises(ConfigError):
         parse_config(doc, str(tmp_path))
+
+
+def test_config_tls_table_and_its_old_names(tmp_path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    new = parse_config({"tls": {"cert": "c.pem", "key": "k.pem"}, "workers": 4}, str(tmp_path))
+    old = parse_config({"tls_certificate": "c.pem", "tls_private_key": "k.pem"}, str(tmp_path))
+    assert new.tls_cert == old.tls_cert == str(tmp_path / "c.pem") and new.tls_key == old.tls_key
+    assert new.scheme == old.scheme == "https" and new.workers == 4 and old.workers == 1
+    assert parse_config({}, str(tmp_path)).scheme == "http"
 
 
 def test_all_errors_are_inclavare_errors() -> None:
@@ -393,12 +408,13 @@ def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
     assert parse_resource_uri("kbs://ignored-host/default/key/1") == "default/key/1"
 
 
-def test_sessions_per_client_are_capped_and_forgotten_when_expired() -> None:
+def test_sessions_per_client_are_capped_and_forgotten_when_expired(tmp_path) -> None:
     from inclavare.services.kbs.client_limits import TooManyRequests
     from inclavare.services.kbs.sessions import SessionMap
+    from inclavare.services.kbs.store_sqlite import SqliteStore
 
     now = [1000.0]
-    sessions = SessionMap(60, 100, clock=lambda: now[0], max_per_client=3)
+    sessions = SessionMap(SqliteStore(str(tmp_path / "s.db")), 60, 100, clock=lambda: now[0], max_per_client=3)
     for _ in range(3):
         sessions.create("sample", "n", "10.0.0.1")
     with pytest.raises(TooManyRequests) as exc:

@@ -77,8 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     from inclavare.services.kbs.config import load_config
     from inclavare.services.kbs.server import serve
 
-    serve(load_config(args.config))
-    return 0
+    return serve(load_config(args.config))
 
 
 def _keygen(args: argparse.Namespace) -> int:

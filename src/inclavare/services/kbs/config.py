@@ -63,14 +63,15 @@ class KbsConfig:
     payload_limit_bytes: int = DEFAULT_PAYLOAD_LIMIT
     max_sessions: int = 100_000
     log_level: str = "info"
-    tls_certificate: str | None = None
-    tls_private_key: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int = 1
     attestation: AttestationConfig = AttestationConfig()
     limits: Limits = Limits()
 
     @property
     def scheme(self) -> str:
-        return "https" if self.tls_certificate else "http"
+        return "https" if self.tls_cert else "http"
 
 
 _TOP = {
@@ -78,7 +79,12 @@ _TOP = {
     "insecure_allow_sample_tee": bool, "limits": dict,
     "session_timeout_seconds": (int, float), "payload_limit_bytes": int, "max_sessions": int,
     "log_level": str, "tls_certificate": str, "tls_private_key": str, "attestation": dict,
+    "tls": dict, "workers": int,
 }
+_TLS = {"cert": str, "key": str}
+# Old top-level names of the [tls] keys, still accepted (docs/kbs.md).
+_TLS_ALIASES = {"cert": "tls_certificate", "key": "tls_private_key"}
+MAX_WORKERS = 64
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
     "insecure_sim_collateral": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
@@ -166,6 +172,23 @@ def _admin_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return audience, issuer
 
 
+def _tls(doc: Mapping[str, Any], base_dir: str) -> tuple[str | None, str | None]:
+    """``[tls] cert``/``key``, or their old top-level names ``tls_certificate``/``tls_private_key``."""
+    table = doc.get("tls", {})
+    _check_keys(table, _TLS, "kbs config [tls]")
+    paths: dict[str, str | None] = {}
+    for key, old in _TLS_ALIASES.items():
+        if key in table and old in doc:
+            raise ConfigError(f"[tls] {key} and {old} (its old name) are both set; keep [tls] {key}")
+        paths[key] = _path(base_dir, table.get(key, doc.get(old)))
+    if (paths["cert"] is None) != (paths["key"] is None):
+        raise ConfigError("[tls] cert and key go together")
+    for key, path in paths.items():
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"[tls] {key} {path} does not exist")
+    return paths["cert"], paths["key"]
+
+
 def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     _check_keys(doc, _TOP, "kbs config")
     att = doc.get("attestation", {})
@@ -187,12 +210,10 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     lifetime = int(att.get("token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME_S))
     if not 1 <= lifetime <= 86400:
         raise ConfigError("[attestation] token_lifetime_seconds must be in [1, 86400]")
-    tls_cert, tls_key = _path(base_dir, doc.get("tls_certificate")), _path(base_dir, doc.get("tls_private_key"))
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("tls_certificate and tls_private_key go together")
-    for what, path in (("tls_certificate", tls_cert), ("tls_private_key", tls_key)):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"{what} {path} does not exist")
+    tls_cert, tls_key = _tls(doc, base_dir)
+    workers = doc.get("workers", 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be in [1, {MAX_WORKERS}], got {workers}")
     anchor = _path(base_dir, att.get("insecure_sim_trust_anchor"))
     collateral = _path(base_dir, att.get("insecure_sim_collateral"))
     if (anchor is None) != (collateral is None):
@@ -211,8 +232,9 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         payload_limit_bytes=limit,
         max_sessions=max_sessions,
         log_level=level,
-        tls_certificate=tls_cert,
-        tls_private_key=tls_key,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        workers=workers,
         attestation=AttestationConfig(
             token_signing_key=_path(base_dir, att.get("token_signing_key")),
             token_lifetime_seconds=lifetime,

@@ -11,7 +11,12 @@ and a few hundred such clients exhaust the broker's descriptors (slowloris). Her
   address cannot take the slots of the others.
 
 Each request runs in one task per connection, so the connection cap also bounds concurrency.
-Refusals and timeouts are summarised in at most one WARNING line every 10 s.
+Refusals and timeouts are summarised in at most one WARNING line every 10 s. With ``workers = N``
+every worker process has its own listener, so these caps hold per worker.
+
+What the broker writes in one event-loop step leaves in one ``send`` (``CoalescingTransport``):
+uvicorn writes a response's head and body separately, and on loopback each write is a TCP segment
+delivered (and its reader woken) inside the writer's system call.
 """
 
 from __future__ import annotations
@@ -50,6 +55,34 @@ def connection_guard(limits: Limits, clock: Any = time.monotonic) -> ConnectionC
                           what="connection limits", clock=clock)
 
 
+class CoalescingTransport:
+    """A connection's transport whose writes are joined until the end of the event-loop step."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the request deadline and the connection caps."""
 
@@ -63,6 +96,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         key = client_key(self.client[0] if self.client else None)
         if not self.guard.admit(key):
             transport.write(REFUSED)

@@ -2,9 +2,10 @@
 
 ``/auth`` opens a session bound to a fresh 32-byte nonce; ``/attest`` accepts evidence only if
 its runtime data carries that nonce and the TEE report data is bound to (nonce, TEE key), so
-evidence replayed on another session or bound to another key fails. A second ``/attest`` on an
-attested session returns the same token, as Trustee does. ``/auth`` is the one unauthenticated
-call that costs the broker memory, so it is rate-limited per client before anything is parsed.
+evidence replayed on another session or bound to another key fails. A session attests once, on
+whichever replica: a second ``/attest`` on an attested session returns the same token, as Trustee
+does, and is not verified again. ``/auth`` is the one unauthenticated call that costs the broker
+a stored session, so it is rate-limited per client before anything is parsed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from inclavare.services.kbs.protocol import (
     runtime_data,
 )
 from inclavare.services.kbs.sessions import Session, SessionMap
-from inclavare.services.kbs.token_verifier import tee_public_key
 
 log = logging.getLogger("inclavare.kbs")
 
@@ -52,10 +52,11 @@ class RcarHandshake:
         session = self.sessions.create(request.tee, make_nonce(), client)
         return session, {"nonce": session.nonce, "extra-params": ""}
 
-    def attest(self, session_id: str | None, body: bytes) -> Session:
+    def attest(self, session_id: str | None, body: bytes, known: Session | None = None) -> Session:
+        """``known``: the session already looked up for ``session_id`` (saves a store round trip)."""
         if not session_id:
             raise attest_error("cookie not found")
-        session = self.sessions.get(session_id)
+        session = known if known is not None and known.id == session_id else self.sessions.get(session_id)
         if session is None:
             raise attest_error("session not found or expired; start again with /auth")
         if session.attested:
@@ -67,7 +68,7 @@ class RcarHandshake:
                 "KBS protocol's Attestation message"
             )
         try:
-            check_recipient_jwk(attestation.tee_pubkey)
+            tee_key = check_recipient_jwk(attestation.tee_pubkey)
         except FormatError as exc:
             raise attest_error(f"invalid tee-pubkey: {exc}") from exc
         if attestation.additional_evidence:
@@ -82,6 +83,8 @@ class RcarHandshake:
         except InclavareError as exc:
             log.info("attestation failed for session %s (%s): %s", session.id[:8], session.tee, exc)
             raise evidence_error(exc) from exc
-        session.token, session.claims = result.token, result.claims
-        session.tee_key = tee_public_key(result.claims)
+        # The claims carry this very key (runtime_data_claims.tee-pubkey), already parsed above.
+        session = self.sessions.attest(session, result.token, result.claims, tee_key)
+        if not session.attested:
+            raise attest_error("session not found or expired; start again with /auth")
         return session

@@ -1,7 +1,8 @@
 """Run the KBS: build the service from a ``KbsConfig`` and serve it with uvicorn.
 
 The listening socket is bound before uvicorn starts so ``listen = "127.0.0.1:0"`` works; the
-actual address is printed as ``inclavare kbs: listening on http://HOST:PORT``. The socket's
+actual address is printed as ``inclavare kbs: listening on http://HOST:PORT``. With ``workers = N``
+the socket is shared by N forked worker processes (``workers``), each with the listener bounds. The socket's
 bounds (request deadline, connection caps) live in ``listener``; ``max_connections`` is kept
 below the process's descriptor limit so accept never fails with EMFILE.
 """
@@ -13,6 +14,7 @@ import logging
 import resource
 import socket
 import sys
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,14 +34,15 @@ from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
 from inclavare.services.kbs.sessions import SessionMap
 from inclavare.services.kbs.store import open_store
 from inclavare.services.kbs.token_verifier import TokenVerifier
+from inclavare.services.kbs.workers import supervise
 
 log = logging.getLogger("inclavare.kbs")
 
 
 def load_token_key(path: str | None) -> ec.EllipticCurvePrivateKey:
     if path is None:
-        log.info("attestation tokens signed with a per-process key (set [attestation] "
-                 "token_signing_key so tokens survive restarts and work across replicas)")
+        log.info("attestation tokens signed with a key made at start (shared by this broker's workers; "
+                 "set [attestation] token_signing_key so tokens survive restarts and work across replicas)")
         return ec.generate_private_key(ec.SECP256R1())
     key = load_private_key(path, "token_signing_key")
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
@@ -59,9 +62,10 @@ def warn_insecure(config: KbsConfig) -> None:
         log.warning("no admin_public_key configured: every admin endpoint is denied")
 
 
-def build_service(config: KbsConfig) -> KbsService:
+def build_service(config: KbsConfig, token_key: ec.EllipticCurvePrivateKey | None = None) -> KbsService:
     admin_key = load_admin_key(config.admin_public_key) if config.admin_public_key else None
-    token_key = load_token_key(config.attestation.token_signing_key)
+    if token_key is None:
+        token_key = load_token_key(config.attestation.token_signing_key)
     store = open_store(config.store)
     policies = PolicyCache()
     attestation = BuiltinAttestationService(
@@ -74,9 +78,10 @@ def build_service(config: KbsConfig) -> KbsService:
         hardware_tees=configured_tees(config.attestation),
     )
     limits = config.limits
-    sessions = SessionMap(config.session_timeout_seconds, config.max_sessions,
-                          max_per_client=limits.max_sessions_per_client)
-    auth_rate = TokenBuckets(limits.auth_rate_per_second, limits.auth_burst)
+    # Sessions and /auth buckets live in the store: every worker and replica sees the same ones.
+    auth_rate = TokenBuckets(limits.auth_rate_per_second, limits.auth_burst, clock=time.time, store=store)
+    sessions = SessionMap(store, config.session_timeout_seconds, config.max_sessions,
+                          max_per_client=limits.max_sessions_per_client, buckets=auth_rate)
     return KbsService(
         store=store,
         rcar=RcarHandshake(sessions, attestation, auth_rate),
@@ -118,25 +123,45 @@ def fit_to_fd_limit(limits: Limits) -> Limits:
     return dataclasses.replace(limits, max_connections=fitted)
 
 
-def serve(config: KbsConfig) -> None:
-    import uvicorn
-
+def serve(config: KbsConfig) -> int:
+    """Serve until SIGTERM/SIGINT, in this process (``workers = 1``) or in forked workers."""
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     warn_insecure(config)
-    service = build_service(config)
     limits = fit_to_fd_limit(config.limits)
+    # Fail on a bad key or store before binding; one per-process token key for all workers.
+    token_key = load_token_key(config.attestation.token_signing_key)
+    open_store(config.store).close()  # creates the schema once, before workers race for it
     sock = bind(config.listen_host, config.listen_port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"inclavare kbs: listening on {config.scheme}://{shown}:{port}", flush=True)
+
+    def run() -> None:
+        run_worker(config, limits, token_key, sock)
+
+    if config.workers == 1:
+        run()
+        return 0
+    return supervise(config.workers, run, sock)
+
+
+def run_worker(config: KbsConfig, limits: Limits, token_key: ec.EllipticCurvePrivateKey,
+               sock: socket.socket) -> None:
+    """One broker process: its own store connection, policy engines and connection caps."""
+    import uvicorn
+
+    service = build_service(config, token_key)
     server_config: Any = uvicorn.Config(
         create_app(service), log_level=config.log_level if config.log_level != "info" else "warning",
         access_log=False, lifespan="off", server_header=False, http=guarded_protocol(limits),
+        # A client is its peer address (docs/kbs.md): X-Forwarded-For from a local process is not
+        # trusted, or anyone on the host could pick the address its limits are counted against.
+        proxy_headers=False,
         timeout_keep_alive=limits.keep_alive_timeout_seconds,
-        ssl_certfile=config.tls_certificate, ssl_keyfile=config.tls_private_key,
+        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )
     try:
         uvicorn.Server(server_config).run(sockets=[sock])

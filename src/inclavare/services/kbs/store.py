@@ -1,9 +1,14 @@
-"""Durable KBS state: resources, policies, reference values. One interface, two SQL backends.
+"""KBS state shared by every worker and replica: resources, policies, reference values (durable)
+and RCAR sessions and per-client ``/auth`` buckets (ephemeral). One interface, two SQL backends.
 
-SQLite (``sqlite:///PATH``, WAL, ``synchronous=FULL``) for a single server; PostgreSQL
-(``postgresql://...``) so several replicas share one state. Every write is one transaction that
-is committed before the admin request is acknowledged, and bumps a generation counter that
-replicas compare to refresh their compiled-policy caches.
+SQLite (``sqlite:///PATH``, WAL) for the workers of one host; PostgreSQL (``postgresql://...``)
+so several replicas share one state. Every admin write is one transaction committed durably
+(SQLite ``synchronous=FULL``: the WAL is fsynced) before the request is acknowledged, and bumps a
+generation counter that workers compare to refresh their compiled-policy caches. Session writes
+are committed without waiting for the disk (``ephemeral``: SQLite ``synchronous=NORMAL``,
+PostgreSQL ``synchronous_commit = off``): a process killed after its commit loses nothing, only a
+crash of the host (SQLite) or of the database server can drop the last few, and a lost session
+just means the client starts again with ``/auth``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kbs_policies (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS kbs_reference_values (name TEXT PRIMARY KEY, record TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS kbs_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    # RCAR sessions (services.kbs.sessions); token/claims are set once, when the session attests.
+    "CREATE TABLE IF NOT EXISTS kbs_sessions (id TEXT PRIMARY KEY, client TEXT NOT NULL, tee TEXT NOT NULL, "
+    "nonce TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL, token TEXT, claims TEXT)",
+    "CREATE INDEX IF NOT EXISTS kbs_sessions_expires ON kbs_sessions (expires)",
+    # Per client address: its /auth token bucket and how many live sessions it holds.
+    "CREATE TABLE IF NOT EXISTS kbs_clients (client TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, "
+    "updated DOUBLE PRECISION NOT NULL, sessions BIGINT NOT NULL)",
 )
+# kbs_meta counters created with the schema: the policy generation and the live session count.
+COUNTERS = ("generation", "sessions")
 
 
 class KbsStore(ABC):
@@ -31,14 +45,29 @@ class KbsStore(ABC):
 
     placeholder = "?"
     blob_type = "BLOB"
+    for_update = ""  # row lock for read-modify-write inside a transaction (PostgreSQL: FOR UPDATE)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
     @abstractmethod
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[Any]:
-        """Yield a cursor inside a transaction committed on exit (``write=False``: read-only)."""
+    def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
+        """Yield a cursor inside a transaction committed on exit (``write=False``: read-only, one
+        statement on SQLite;
+        ``durable=False``: the commit does not wait for the disk, see the module docstring)."""
+
+    def ephemeral(self) -> Any:
+        """A write transaction for session state (committed, but not fsynced)."""
+        return self._transaction(write=True, durable=False)
+
+    def reading(self) -> Any:
+        """A read-only transaction (on SQLite: one statement)."""
+        return self._transaction(write=False)
+
+    def sql(self, text: str) -> str:
+        """``text`` with ``?`` placeholders in this backend's style."""
+        return self._sql(text)
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass
@@ -50,9 +79,10 @@ class KbsStore(ABC):
         with self._transaction() as cur:
             for stmt in SCHEMA:
                 cur.execute(stmt.format(blob=self.blob_type))
-            cur.execute(self._sql(
-                "INSERT INTO kbs_meta (key, value) VALUES ('generation', 0) ON CONFLICT (key) DO NOTHING"
-            ))
+            for counter in COUNTERS:
+                cur.execute(self._sql(
+                    "INSERT INTO kbs_meta (key, value) VALUES (?, 0) ON CONFLICT (key) DO NOTHING"
+                ), (counter,))
 
     def _bump(self, cur: Any) -> None:
         cur.execute("UPDATE kbs_meta SET value = value + 1 WHERE key = 'generation'")

@@ -17,6 +17,7 @@ from inclavare.services.kbs.store import KbsStore
 class PostgresStore(KbsStore):
     placeholder = "%s"
     blob_type = "BYTEA"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -36,13 +37,15 @@ class PostgresStore(KbsStore):
             raise StoreError(f"cannot connect to PostgreSQL store: {str(exc).strip()[:200]}") from exc
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[Any]:
+    def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         with self._lock:
             if self._conn.closed:
                 self._conn = self._connect()
             try:
                 with self._conn.transaction():
                     with self._conn.cursor() as cur:
+                        if write and not durable:
+                            cur.execute("SET LOCAL synchronous_commit TO OFF")
                         yield cur
             except self._psycopg.OperationalError as exc:
                 self._conn.close()

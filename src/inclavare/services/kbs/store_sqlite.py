@@ -1,4 +1,5 @@
-"""SQLite backend of the KBS store: WAL journal, ``synchronous=FULL``, one connection under a lock."""
+"""SQLite backend of the KBS store: WAL journal (durable writes ``synchronous=FULL``, session writes
+``NORMAL``), one connection per process under a lock; the workers of one host share the file."""
 
 from __future__ import annotations
 
@@ -23,33 +24,43 @@ class SqliteStore(KbsStore):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # FULL around durable writes
             self._conn.execute("PRAGMA busy_timeout=30000")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
         self._init_schema()
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[Any]:
+    def _transaction(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         with self._lock:
             cur = self._conn.cursor()
+            sync = write and durable
             try:
-                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield cur
-                cur.execute("COMMIT")
+                if sync:  # a FULL commit fsyncs the WAL, and with it every commit before it
+                    cur.execute("PRAGMA synchronous=FULL")
+                if write:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur  # a read is one statement: atomic on its own, no BEGIN/COMMIT to pay
+                if write:
+                    cur.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback(cur)
+                if write:
+                    self._quietly(cur, "ROLLBACK")
                 raise StoreError(f"SQLite store error: {exc}") from exc
             except BaseException:
-                self._rollback(cur)
+                if write:
+                    self._quietly(cur, "ROLLBACK")
                 raise
             finally:
+                if sync:
+                    self._quietly(cur, "PRAGMA synchronous=NORMAL")
                 cur.close()
 
     @staticmethod
-    def _rollback(cur: sqlite3.Cursor) -> None:
+    def _quietly(cur: sqlite3.Cursor, statement: str) -> None:
+        """Clean-up after a failure must not hide the failure."""
         try:
-            cur.execute("ROLLBACK")
+            cur.execute(statement)
         except sqlite3.Error:
             pass
 
