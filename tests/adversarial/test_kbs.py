@@ -169,7 +169,7 @@ def test_client_disconnect_mid_body_is_one_line(start) -> None:
     log = server.stderr()
     assert "Traceback" not in log and "internal error" not in log, log
     assert [ln for ln in log.splitlines() if "went away" in ln] == [
-        ln for ln in log.splitlines() if "INFO inclavare.kbs: POST /kbs/v0/auth: client went away" in ln
+        ln for ln in log.splitlines() if " kbs INFO POST /kbs/v0/auth: client went away" in ln
     ] and log.count("went away") == 1
 
 

@@ -222,6 +222,15 @@ def test_explain_replays_the_brokers_decision(make_kbs, authority, tmp_path) -> 
         with pytest.raises(KbsError) as denied:
             client.get_resource("kbs:///default/key/1")
     assert denied.value.kind == "PolicyDeny"
+    # the denial says which measurement was presented, and names its decision in the broker's log
+    import re as _re
+
+    decision = _re.search(r"decision ([0-9a-f]{12})", str(denied.value))
+    assert decision and MR_ENCLAVE.hex() in str(denied.value) and "SIMULATED" in str(denied.value)
+    log = server.stderr()
+    assert f"resource default/key/1 denied to sgx measurement {MR_ENCLAVE.hex()} (SIMULATED) " \
+           f"(decision {decision[1]})" in log
+    assert f"measurement {MR_ENCLAVE.hex()}, TCB UpToDate: appraisal" in log  # the attestation, one line
     (tmp_path / "token.jwt").write_text(token)
     (tmp_path / "rv.json").write_text(json.dumps(values))
     (tmp_path / "quote.bin").write_bytes(authority.quote(MR_ENCLAVE, b"explain"))
@@ -248,3 +257,19 @@ def test_explain_replays_the_brokers_decision(make_kbs, authority, tmp_path) -> 
     assert allowed["resource"]["allowed"] is True
     with KbsClient(server.url, _attester(authority), tee="sgx") as client:
         assert client.get_resource("kbs:///default/key/1") == b"sim secret"  # the broker agrees
+
+
+def test_decisions_are_json_events_with_log_format_json(make_kbs, authority, tmp_path) -> None:
+    _exported(authority, str(tmp_path))
+    server = make_kbs('log_format = "json"\n' + SIM_CONFIG, sample=False)
+    server.set_resource_policy(_allow_sim_measurement(MR_ENCLAVE.hex()))
+    assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
+    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+        assert client.get_resource("kbs:///default/key/1") == b"sim secret"
+    lines = [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
+    events = {doc.get("event"): doc for doc in lines}
+    assert {"attest", "release"} <= set(events), lines
+    release = events["release"]
+    assert release["resource"] == "default/key/1" and release["measurement"] == MR_ENCLAVE.hex()
+    assert release["simulated"] is True and release["verdict"] == "released" and release["decision_id"]
+    assert events["attest"]["trust_vector"]["hardware"] == 2 and events["attest"]["component"] == "kbs"

@@ -36,6 +36,7 @@ from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
 from inclavare.services.kbs.sessions import Session
 from inclavare.services.kbs.store import KbsStore
 from inclavare.services.kbs.token_verifier import TokenVerifier, tee_public_key
+from inclavare.services.logs import event, request_id
 
 log = logging.getLogger("inclavare.kbs")
 JSON = "application/json"
@@ -138,13 +139,36 @@ async def handle_attest(call: Call) -> Response:
     sid = call.request.cookies.get(SESSION_COOKIE)
     known = call.service.rcar.sessions.get(sid)
     tee = known.tee if known is not None else "unknown"
+    decision = request_id()
     try:
         session = call.service.rcar.attest(sid, body, known)
-    except KbsError:
+    except KbsError as exc:
         metrics.inc("kbs_attestation_failures_total", tee_type=tee)
+        event(log, "attest", "attestation %s refused (%s evidence from %s): %s", decision, tee, _client(call), exc,
+              level=logging.WARNING, decision_id=decision, tee=tee, client=_client(call), verdict="refused",
+              reason=str(exc), error_type=exc.kind)
         raise
     metrics.inc("kbs_attestation_successes_total", tee_type=tee)
+    facts = decision_facts(session.claims)
+    event(log, "attest", "attestation %s: %s evidence%s, measurement %s, TCB %s: appraisal %s", decision, tee,
+          " (SIMULATED)" if facts["simulated"] else "", facts["measurement"], facts["tcb_status"],
+          facts["appraisal"], decision_id=decision, client=_client(call), verdict="token", **facts)
     return _json({"token": session.token}, cookie=session)
+
+
+def decision_facts(claims: Any) -> dict[str, Any]:
+    """What a decision was about, from the EAR claims: the TEE, its measurement, whether only a
+    simulated root vouched for it, its TCB status, the appraisal and the trust vector."""
+    submods = claims.get("submods") if isinstance(claims, dict) else None
+    submod: dict[str, Any] = next(iter(submods.values()), {}) if isinstance(submods, dict) and submods else {}
+    evidence = submod.get("ear.veraison.annotated-evidence") or {}
+    tee = next((k for k in ("sgx", "tdx", "snp", "sample") if isinstance(evidence.get(k), dict)), "-")
+    tee_claims = evidence.get(tee) or {}
+    measurement = next((str(tee_claims[k]) for k in ("mr_enclave", "mr_td", "measurement", "launch_digest")
+                        if k in tee_claims), "-")
+    return {"tee": tee, "measurement": measurement, "simulated": bool(evidence.get("simulated")),
+            "tcb_status": tee_claims.get("tcb_status", "-"), "appraisal": submod.get("ear.status", "-"),
+            "trust_vector": submod.get("ear.trustworthiness-vector", {})}
 
 
 def _token_claims(call: Call) -> tuple[dict[str, Any], Any]:
@@ -163,12 +187,25 @@ async def get_resource(call: Call) -> Response:
     claims, tee_key = _token_claims(call)
     metrics = call.service.metrics
     metrics.inc("kbs_policy_evals_total")
+    decision = request_id()
     try:
         call.service.resource_policy.check(claims, "resource", path.segments(), call.query)
     except KbsError as exc:
         metrics.inc("kbs_policy_violations_total" if exc.kind == "PolicyDeny" else "kbs_policy_errors_total")
-        raise
+        if exc.kind != "PolicyDeny":
+            raise
+        facts = decision_facts(claims)
+        event(log, "deny", "resource %s denied to %s measurement %s%s (decision %s)", path, facts["tee"],
+              facts["measurement"], " (SIMULATED)" if facts["simulated"] else "", decision, level=logging.WARNING,
+              decision_id=decision, resource=str(path), client=_client(call), verdict="denied", **facts)
+        raise KbsError(f"Access denied by policy (decision {decision}: {facts['tee']} measurement "
+                       f"{facts['measurement']}{', SIMULATED evidence' if facts['simulated'] else ''}, appraisal "
+                       f"{facts['appraisal']}; `inclavare explain --token` says why)", kind="PolicyDeny") from None
     metrics.inc("kbs_policy_approvals_total")
+    facts = decision_facts(claims)
+    event(log, "release", "resource %s released to %s measurement %s%s (decision %s)", path, facts["tee"],
+          facts["measurement"], " (SIMULATED)" if facts["simulated"] else "", decision, decision_id=decision,
+          resource=str(path), client=_client(call), verdict="released", **facts)
     data = call.service.store.get_resource(str(path))
     if data is None:
         raise KbsError(f"Plugin internal error: resource {path} not found", kind="PluginInternalError")

@@ -63,6 +63,7 @@ class KbsConfig:
     payload_limit_bytes: int = DEFAULT_PAYLOAD_LIMIT
     max_sessions: int = 100_000
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line, decisions as events with fields
     tls_cert: str | None = None
     tls_key: str | None = None
     workers: int = 1
@@ -78,7 +79,7 @@ _TOP = {
     "listen": str, "store": str, "admin_public_key": str, "admin_audience": str, "admin_issuer": str,
     "insecure_allow_sample_tee": bool, "limits": dict,
     "session_timeout_seconds": (int, float), "payload_limit_bytes": int, "max_sessions": int,
-    "log_level": str, "tls_certificate": str, "tls_private_key": str, "attestation": dict,
+    "log_level": str, "log_format": str, "tls_certificate": str, "tls_private_key": str, "attestation": dict,
     "tls": dict, "workers": int,
 }
 _TLS = {"cert": str, "key": str}
@@ -207,6 +208,9 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     level = doc.get("log_level", "info")
     if level not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    log_format = doc.get("log_format", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError("log_format must be text or json")
     lifetime = int(att.get("token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME_S))
     if not 1 <= lifetime <= 86400:
         raise ConfigError("[attestation] token_lifetime_seconds must be in [1, 86400]")
@@ -232,6 +236,7 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         payload_limit_bytes=limit,
         max_sessions=max_sessions,
         log_level=level,
+        log_format=log_format,
         tls_cert=tls_cert,
         tls_key=tls_key,
         workers=workers,

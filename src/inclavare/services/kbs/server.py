@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import resource
 import socket
-import sys
 import time
 from typing import Any
 
@@ -33,6 +32,7 @@ from inclavare.services.kbs.rcar import RcarHandshake
 from inclavare.services.kbs.resource_policy import ResourcePolicyEngine
 from inclavare.services.kbs.sessions import SessionMap
 from inclavare.services.kbs.store import open_store
+from inclavare.services.logs import configure
 from inclavare.services.kbs.token_verifier import TokenVerifier
 from inclavare.services.kbs.workers import supervise
 
@@ -125,10 +125,7 @@ def fit_to_fd_limit(limits: Limits) -> Limits:
 
 def serve(config: KbsConfig) -> int:
     """Serve until SIGTERM/SIGINT, in this process (``workers = 1``) or in forked workers."""
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure("kbs", config.log_format, config.log_level)
     warn_insecure(config)
     limits = fit_to_fd_limit(config.limits)
     # Fail on a bad key or store before binding; one per-process token key for all workers.
@@ -160,7 +157,7 @@ def run_worker(config: KbsConfig, limits: Limits, token_key: ec.EllipticCurvePri
         # A client is its peer address (docs/kbs.md): X-Forwarded-For from a local process is not
         # trusted, or anyone on the host could pick the address its limits are counted against.
         proxy_headers=False,
-        timeout_keep_alive=limits.keep_alive_timeout_seconds,
+        timeout_keep_alive=max(1, round(limits.keep_alive_timeout_seconds)),  # uvicorn takes whole seconds
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )
     try:
