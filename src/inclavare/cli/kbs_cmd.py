@@ -104,18 +104,6 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_signing_key(path: str) -> Any:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    from inclavare.crypto.key_files import load_private_key
-    from inclavare.errors import ConfigError
-
-    key = load_private_key(path, "admin key")
-    if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ConfigError(f"admin key {path} must be Ed25519 or P-256")
-    return key
-
-
 def _read(path: str) -> bytes:
     from inclavare.errors import ConfigError
 
@@ -134,65 +122,27 @@ def _rv_value(text: str) -> Any:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    import httpx
+    from inclavare.services.kbs.admin_client import KbsAdmin, load_admin_signing_key
 
-    from inclavare.crypto.b64 import b64url_decode, b64url_encode
-    from inclavare.errors import KbsError
-    from inclavare.policy.reference_values import build_message
-    from inclavare.services.kbs.admin_auth import make_admin_token
-    from inclavare.services.kbs.resource_path import parse_resource_path
-
-    audience = args.audience if args.audience is not None else args.url.rstrip("/")
-    token = make_admin_token(_load_signing_key(args.key), audience, args.issuer)
-    base = args.url.rstrip("/") + "/kbs/v0"
-    headers = {"authorization": f"Bearer {token}"}
-    method, path, body = "POST", "", b""
-    content_type = "application/json"
+    admin = KbsAdmin(args.url, load_admin_signing_key(args.key), audience=args.audience, issuer=args.issuer)
     if args.object == "resource":
-        rpath = str(parse_resource_path(args.path.strip("/")))
-        path = f"/resource/{rpath}"
-        content_type = "application/octet-stream"
         if args.action == "delete":
-            method = "DELETE"
+            admin.delete_resource(args.path)
+            print(f"ok: deleted {args.path}")
         else:
-            body = _read(args.file) if args.file else args.value.encode()
-    elif args.object in ("resource-policy", "attestation-policy"):
-        path = f"/{args.object}"
-        if args.action == "get":
-            method = "GET"
-        else:
-            policy = b64url_encode(_read(args.file))
-            doc = {"policy": policy}
-            if args.object == "attestation-policy":
-                doc = {"type": "rego", "policy_id": args.id, "policy": policy}
-            body = json.dumps(doc).encode()
+            admin.set_resource(args.path, _read(args.file) if args.file else args.value.encode())
+            print(f"ok: set {args.path}")
+    elif args.object == "resource-policy" and args.action == "get":
+        sys.stdout.write(admin.resource_policy())
+    elif args.object == "resource-policy":
+        admin.set_resource_policy(_read(args.file))
+        print("ok: resource policy set")
+    elif args.object == "attestation-policy":
+        admin.set_attestation_policy(_read(args.file), args.id)
+        print(f"ok: attestation policy {args.id} set")
+    elif args.action == "get":
+        print(json.dumps(admin.reference_values(args.name), indent=2))
     else:
-        if args.action == "get":
-            method, path = "GET", "/reference-value" + (f"/{args.name}" if args.name else "")
-        else:
-            path = "/reference-value"
-            body = build_message({args.name: [_rv_value(v) for v in args.values]})
-    try:
-        resp = httpx.request(method, base + path, content=body or None,
-                             headers={**headers, "content-type": content_type}, timeout=30)
-    except httpx.HTTPError as exc:
-        raise KbsError(f"cannot reach KBS at {args.url}: {exc}", kind="Unreachable", status=0) from exc
-    if resp.status_code != 200:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        raise KbsError(f"KBS refused {method} {path} ({resp.status_code}): {detail}")
-    if args.object == "resource-policy" and args.action == "get":
-        try:
-            sys.stdout.write(b64url_decode(resp.text.strip(), "policy").decode())
-        except UnicodeDecodeError as exc:
-            raise KbsError("the KBS returned a policy that is not UTF-8") from exc
-    elif method == "GET":
-        try:
-            print(json.dumps(resp.json(), indent=2))
-        except ValueError as exc:
-            raise KbsError(f"KBS answered {path} with a body that is not JSON") from exc
-    else:
-        print(f"ok: {method} {path}")
+        admin.set_reference_value(args.name, [_rv_value(v) for v in args.values])
+        print(f"ok: reference value {args.name} set")
     return 0
