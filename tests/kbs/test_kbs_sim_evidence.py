@@ -273,3 +273,32 @@ def test_decisions_are_json_events_with_log_format_json(make_kbs, authority, tmp
     assert release["resource"] == "default/key/1" and release["measurement"] == MR_ENCLAVE.hex()
     assert release["simulated"] is True and release["verdict"] == "released" and release["decision_id"]
     assert events["attest"]["trust_vector"]["hardware"] == 2 and events["attest"]["component"] == "kbs"
+
+
+def test_explain_a_denial_by_its_decision_id(make_kbs, authority, tmp_path) -> None:
+    """The PolicyDeny answer names a decision; the broker's JSON log holds its claims (not the
+    token), and `inclavare explain --decision ID --log FILE` replays it."""
+    import re as _re
+    import subprocess
+    import sys
+
+    _exported(authority, str(tmp_path))
+    server = make_kbs('log_format = "json"\n' + SIM_CONFIG, sample=False)
+    assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
+    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+        token = client.get_token()
+        with pytest.raises(KbsError) as denied:
+            client.get_resource("kbs:///default/key/1")
+    decision = _re.search(r"decision ([0-9a-f]{12})", str(denied.value))[1]
+    assert token not in server.stderr()  # a bearer credential never reaches the log
+    inclavare = os.path.join(os.path.dirname(sys.executable), "inclavare")
+    r = subprocess.run([inclavare, "explain", "--decision", decision, "--log", server.stderr_path, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    trace = json.loads(r.stdout)
+    assert trace["decision_id"] == decision and trace["resource"] == {
+        "path": "default/key/1", "allowed": False, "reasons": trace["resource"]["reasons"]}
+    assert any("SIMULATED" in reason for reason in trace["resource"]["reasons"])
+    missing = subprocess.run([inclavare, "explain", "--decision", "000000000000", "--log", server.stderr_path],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "is not in" in missing.stderr

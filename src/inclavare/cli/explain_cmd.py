@@ -18,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                    "with expected and actual, why the resource is denied, and the fixes.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--token", metavar="FILE", help="an EAR attestation token (JWT) issued by the broker")
+    source.add_argument("--decision", metavar="ID",
+                        help="a decision id from a PolicyDeny answer, found in the broker's JSON log (--log)")
     source.add_argument("--evidence", metavar="FILE", help="an SGX/TDX quote (binary, hex or CoCo evidence JSON)")
+    p.add_argument("--log", metavar="FILE", help="the broker's log (log_format = \"json\") holding --decision")
     p.add_argument("--collateral", metavar="FILE", help="DCAP collateral for --evidence (dcap-qvl JSON)")
     p.add_argument("--trust-anchor", metavar="PEM", help="root CA to trust instead of Intel's (for --evidence)")
     add_at_option(p, "verify the evidence")
@@ -49,6 +52,25 @@ def _token_claims(text: bytes) -> dict[str, Any]:
         raise ConfigError("--token must be a JWT (three base64url parts separated by dots)")
     return require_object(loads_strict(b64url_decode(parts[1].decode("ascii", "replace"), "token claims"),
                                        "token claims"), "token claims")
+
+
+def _decision(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The claims and facts a broker logged for a denial (its JSON log keeps the claims, never the token)."""
+    import json
+
+    if not args.log:
+        raise ConfigError("--decision needs --log FILE: the broker's log, written with log_format = \"json\"")
+    for line in _read(args.log, "log").decode("utf-8", "replace").splitlines():
+        if args.decision not in line or not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("decision_id") == args.decision and isinstance(doc.get("claims"), dict) and doc.get("resource"):
+            return doc["claims"], doc
+    raise ConfigError(f"decision {args.decision} is not in {args.log} (only denials are recorded with their "
+                      "claims, and only with log_format = \"json\")")
 
 
 def _evidence_claims(args: argparse.Namespace, reference_values: dict[str, Any], policy: str) -> dict[str, Any]:
@@ -99,7 +121,11 @@ def _run(args: argparse.Namespace) -> int:
     resource = args.resource.strip("/").split("/")
     if len(resource) != 3 or not all(resource):
         raise ConfigError("--resource must be REPO/TYPE/TAG")
-    if args.token:
+    if args.decision:
+        claims, recorded = _decision(args)
+        resource = recorded["resource"].split("/")
+        source = {"source": "decision", "decision_id": args.decision, "decided": recorded.get("time", "-")}
+    elif args.token:
         claims = _token_claims(_read(args.token, "token"))
         source = {"source": "token", "token_signature": "not checked (explain reads what the token says)"}
     else:

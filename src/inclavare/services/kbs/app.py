@@ -11,6 +11,7 @@ only at debug level); a client that goes away mid-request is one INFO line, not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -166,9 +167,10 @@ def decision_facts(claims: Any) -> dict[str, Any]:
     tee_claims = evidence.get(tee) or {}
     measurement = next((str(tee_claims[k]) for k in ("mr_enclave", "mr_td", "measurement", "launch_digest")
                         if k in tee_claims), "-")
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, separators=(",", ":"), default=str).encode())
     return {"tee": tee, "measurement": measurement, "simulated": bool(evidence.get("simulated")),
             "tcb_status": tee_claims.get("tcb_status", "-"), "appraisal": submod.get("ear.status", "-"),
-            "trust_vector": submod.get("ear.trustworthiness-vector", {})}
+            "trust_vector": submod.get("ear.trustworthiness-vector", {}), "claims_digest": digest.hexdigest()}
 
 
 def _token_claims(call: Call) -> tuple[dict[str, Any], Any]:
@@ -195,9 +197,11 @@ async def get_resource(call: Call) -> Response:
         if exc.kind != "PolicyDeny":
             raise
         facts = decision_facts(claims)
+        # the claims themselves (not the token: a bearer credential) so `inclavare explain --decision` replays it
         event(log, "deny", "resource %s denied to %s measurement %s%s (decision %s)", path, facts["tee"],
               facts["measurement"], " (SIMULATED)" if facts["simulated"] else "", decision, level=logging.WARNING,
-              decision_id=decision, resource=str(path), client=_client(call), verdict="denied", **facts)
+              decision_id=decision, resource=str(path), client=_client(call), verdict="denied", claims=claims,
+              **facts)
         raise KbsError(f"Access denied by policy (decision {decision}: {facts['tee']} measurement "
                        f"{facts['measurement']}{', SIMULATED evidence' if facts['simulated'] else ''}, appraisal "
                        f"{facts['appraisal']}; `inclavare explain --token` says why)", kind="PolicyDeny") from None
