@@ -291,6 +291,10 @@ def test_explain_a_denial_by_its_decision_id(make_kbs, authority, tmp_path) -> N
             client.get_resource("kbs:///default/key/1")
     decision = _re.search(r"decision ([0-9a-f]{12})", str(denied.value))[1]
     assert token not in server.stderr()  # a bearer credential never reaches the log
+    deny = next(json.loads(line) for line in server.stderr().splitlines()
+                if line.startswith("{") and json.loads(line).get("decision_id") == decision)
+    assert deny["event"] == "deny" and deny["policy"] == "default" and len(deny["claims_digest"]) == 64
+    assert any("SIMULATED" in reason for reason in deny["reasons"])  # which condition of the policy failed
     inclavare = os.path.join(os.path.dirname(sys.executable), "inclavare")
     r = subprocess.run([inclavare, "explain", "--decision", decision, "--log", server.stderr_path, "--json"],
                        capture_output=True, text=True, timeout=60)

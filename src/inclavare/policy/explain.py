@@ -79,14 +79,9 @@ def explain(claims: Mapping[str, Any], *, resource_policy: str, resource: list[s
     allowed = RegoPolicy(resource_policy, "allow", data).evaluate(claims) is True
     reasons: list[str] = []
     if not allowed and default_resource_policy:
-        if evidence.get("sample"):
-            reasons.append(SAMPLE_REASON)
+        reasons = default_denial_reasons(claims)
         if evidence.get("simulated"):
-            reasons.append(SIMULATED_REASON)
             fixes.append("use a TEE, or (test clusters only) a resource policy that allows simulated evidence")
-        if submod.get("ear.status") == "contraindicated":
-            bad = [n for n, v in vector.items() if ear.tier(v) == "contraindicated"]
-            reasons.append(f"the appraisal is contraindicated ({', '.join(bad)})")
     elif not allowed:
         reasons.append("the configured resource policy does not allow it (its rules decide; input: the token's claims)")
     trace["resource"] = {"path": "/".join(resource), "allowed": allowed, "reasons": reasons}
@@ -94,6 +89,24 @@ def explain(claims: Mapping[str, Any], *, resource_policy: str, resource: list[s
         fixes.append(f"the platform's TCB is {trace['tcb_status']}: update its firmware/microcode and collateral")
     trace["fixes"] = fixes
     return trace
+
+
+def default_denial_reasons(claims: Mapping[str, Any]) -> list[str]:
+    """Which conditions of the default resource policy (resource_default.rego) EAR ``claims`` fail."""
+    submod = next(iter((claims.get("submods") or {}).values()), None)
+    if not isinstance(submod, Mapping):
+        return ["the token has no appraisal"]
+    evidence = submod.get("ear.veraison.annotated-evidence") or {}
+    vector = submod.get("ear.trustworthiness-vector") or {}
+    reasons = []
+    if evidence.get("sample"):
+        reasons.append(SAMPLE_REASON)
+    if evidence.get("simulated"):
+        reasons.append(SIMULATED_REASON)
+    if submod.get("ear.status") == "contraindicated":
+        bad = [n for n, v in vector.items() if ear.tier(v) == "contraindicated"]
+        reasons.append(f"the appraisal is contraindicated ({', '.join(bad)})")
+    return reasons
 
 
 def _reference_values(claims: Mapping[str, Any], reference_values: Mapping[str, Any]) -> list[dict[str, Any]]:

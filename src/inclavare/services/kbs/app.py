@@ -26,6 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from inclavare.crypto import jwe
 from inclavare.errors import InclavareError, KbsError, StoreError
+from inclavare.policy.explain import default_denial_reasons
 from inclavare.services.kbs.admin_auth import AdminAuth
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
 from inclavare.services.kbs.client_limits import TooManyRequests, client_key
@@ -197,6 +198,9 @@ async def get_resource(call: Call) -> Response:
         if exc.kind != "PolicyDeny":
             raise
         facts = decision_facts(claims)
+        default = call.service.resource_policy.is_default()
+        facts["policy"] = "default" if default else "custom"
+        facts["reasons"] = default_denial_reasons(claims) if default else ["the configured resource policy's rules"]
         # the claims themselves (not the token: a bearer credential) so `inclavare explain --decision` replays it
         event(log, "deny", "resource %s denied to %s measurement %s%s (decision %s)", path, facts["tee"],
               facts["measurement"], " (SIMULATED)" if facts["simulated"] else "", decision, level=logging.WARNING,

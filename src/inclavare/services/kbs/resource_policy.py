@@ -45,6 +45,10 @@ class ResourcePolicyEngine:
             self._cached = cached
         return cached[1]
 
+    def is_default(self) -> bool:
+        """Whether the built-in policy decides (no policy was set through the admin API)."""
+        return self.current() == self._default
+
     def check(self, claims: Mapping[str, Any], plugin: str, path: list[str],
               query: Mapping[str, str]) -> None:
         data = {"plugin": plugin, "resource-path": path, "query": dict(query)}
