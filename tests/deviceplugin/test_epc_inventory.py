@@ -8,11 +8,7 @@ character devices made with mknod in a temp dir, removed and made again to flip 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,9 +19,8 @@ from inclavare.services.deviceplugin.epc import MAX_DEVICES, MIB, EpcInventory, 
 from inclavare.services.deviceplugin.plugin import EpcDevicePlugin
 from inclavare.services.deviceplugin.service import DevicePluginService, PluginSettings
 from tests.deviceplugin.fake_kubelet import FakeKubelet, summary
+from tests.support.grpc_stubs import assert_stubs_match_proto
 
-REPO = Path(__file__).resolve().parents[2]
-PKG = REPO / "src" / "inclavare" / "services" / "deviceplugin"
 
 
 class FakeSgxCpuid:
@@ -136,19 +131,7 @@ def test_sgx_devices_allocated_and_health_follows_device_nodes(sgx_nodes: tuple[
 
 def test_checked_in_stubs_match_the_proto() -> None:
     """api_pb2*.py are generated from api.proto by grpcio-tools; regenerate and compare."""
-    out = Path(tempfile.mkdtemp(prefix="dp-stubs-"))
-    try:
-        target = out / "inclavare" / "services" / "deviceplugin"
-        target.mkdir(parents=True)
-        shutil.copy(PKG / "api.proto", target / "api.proto")
-        r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{out}", f"--python_out={out}",
-                            f"--grpc_python_out={out}", "inclavare/services/deviceplugin/api.proto"],
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        for name in ("api_pb2.py", "api_pb2_grpc.py"):
-            assert (target / name).read_text() == (PKG / name).read_text(), f"{name} is stale: regenerate it"
-    finally:
-        shutil.rmtree(out)
+    assert_stubs_match_proto("inclavare/services/deviceplugin/api.proto")
 
 
 def test_service_paths_match_kubelets() -> None:
