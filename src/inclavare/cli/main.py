@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.node_cmd",
     "inclavare.cli.doctor_cmd",
     "inclavare.cli.explain_cmd",
+    "inclavare.cli.image_cmd",
 )
 
 

@@ -1,0 +1,1 @@
+"""Encrypted container images: the ocicrypt key provider and the ``inclavare image`` tooling."""
