@@ -115,6 +115,18 @@ def test_plugin_survives_its_own_kill9(kubelet: FakeKubelet, plugin: PluginProce
     assert not os.path.exists(os.path.join(kubelet.directory, "inclavare-epc.sock"))  # a clean stop removes it
 
 
+def test_a_second_plugin_does_not_take_the_socket_over(kubelet: FakeKubelet, plugin: PluginProcess,
+                                                       tmp_path: Path) -> None:
+    kubelet.wait_registrations(1).wait_for(lambda d: summary(d) == ALL_HEALTHY)
+    second = subprocess.run(PluginProcess(kubelet.directory, tmp_path / "second.log").cmd, capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 2 and "another process is serving on this socket" in second.stderr
+    errors = [ln for ln in second.stderr.splitlines() if ln.startswith("inclavare: error:")]
+    assert len(errors) == 1 and "Traceback" not in second.stderr  # its start-up log lines, then one error
+    ep = kubelet.wait_registrations(1)  # the first plugin still answers
+    assert ep.allocate([["0"]]).container_responses[0].annotations["enclave.epc_allowance_mib"] == "1"
+
+
 def test_registers_once_kubelet_appears(tmp_path: Path) -> None:
     """Started before the kubelet: the plugin serves, retries, and registers when kubelet.sock shows up."""
     directory = tmp_path / "dp"

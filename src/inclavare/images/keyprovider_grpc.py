@@ -67,9 +67,9 @@ class _Servicer(rpc.KeyProviderServiceServicer):
 
 def _replace_stale(path: str) -> None:
     """Remove a socket a killed provider left; never take over one a live process serves."""
-    from inclavare.services.unix_http import _served
+    from inclavare.services.unix_http import socket_is_served
 
-    if _served(path):
+    if socket_is_served(path):
         raise ConfigError(f"{path}: another process is serving on this socket; stop it first (or choose another path)")
     try:
         os.unlink(path)

@@ -192,7 +192,7 @@ def _at_path(sock: socket.socket, path: str, call: str) -> None:
         os.close(dirfd)
 
 
-def _served(path: str) -> bool:
+def socket_is_served(path: str) -> bool:
     """Whether something accepts connections on the unix socket at ``path`` right now."""
     if not os.path.exists(path):
         return False
@@ -269,7 +269,7 @@ class UnixHttpServer:
         """Bind a unix socket at ``path`` (replacing a stale file) and serve it. A socket some
         other process still serves is never taken over (ConfigError): it would leave that
         process running but unreachable."""
-        if _served(path):
+        if socket_is_served(path):
             raise ConfigError(f"{path}: another process is serving on this socket; stop it first "
                               "(or choose another path)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

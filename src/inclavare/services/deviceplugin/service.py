@@ -28,6 +28,7 @@ from inclavare.services.deviceplugin import api_pb2_grpc as rpc
 from inclavare.services.deviceplugin.epc import EpcInventory, is_char_device
 from inclavare.services.deviceplugin.names import API_VERSION, KUBELET_SOCKET, SOCKET_NAME
 from inclavare.services.deviceplugin.plugin import MAX_STREAMS, EpcDevicePlugin
+from inclavare.services.unix_http import socket_is_served
 
 log = logging.getLogger("inclavare.deviceplugin")
 
@@ -98,6 +99,8 @@ class DevicePluginService:
             self.plugin = self._fresh_plugin()
         if not os.path.isdir(self.settings.directory):
             raise ConfigError(f"device-plugin directory {self.settings.directory} does not exist")
+        if self._server is None and socket_is_served(self.socket_path):  # another plugin, still running
+            raise ConfigError(f"{self.socket_path}: another process is serving on this socket; stop it first")
         try:
             os.unlink(self.socket_path)  # a stale socket of an earlier run
         except FileNotFoundError:
