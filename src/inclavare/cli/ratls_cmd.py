@@ -164,11 +164,9 @@ def add_parser(sub: Any) -> None:
 # -- building blocks from the options --------------------------------------------------------
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    from inclavare.verify.trust_files import read_file
+
+    return read_file(path, what)
 
 
 def _credentials(args: argparse.Namespace) -> Any:

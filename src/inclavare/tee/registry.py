@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from inclavare.errors import VerificationError
+from inclavare.errors import ConfigError, VerificationError
 
 
 class UnknownTee(VerificationError):
@@ -44,6 +44,13 @@ class Attester(Protocol):
     tee: Tee
 
     def evidence(self, report_data: bytes) -> dict[str, Any]: ...
+
+
+def pad_report_data(report_data: bytes) -> bytes:
+    """Hardware report data is 64 bytes: shorter data is zero-padded, longer refused."""
+    if not isinstance(report_data, bytes) or len(report_data) > 64:
+        raise ConfigError("report data is at most 64 bytes")
+    return report_data.ljust(64, b"\0")
 
 
 SGX = Tee("sgx", init_data_field="config_id")

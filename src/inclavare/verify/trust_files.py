@@ -26,6 +26,7 @@ INTEL_ROOT = "intel"
 
 
 def read_file(path: str, what: str) -> bytes:
+    """A file's bytes, or a one-line ConfigError naming what it was for."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
