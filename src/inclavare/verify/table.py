@@ -19,7 +19,7 @@ from inclavare.verify.dcap_verifier import dcap_ready, verify_dcap
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, Verdict
 from inclavare.verify.snp_verifier import snp_ready, verify_snp
 
-VerifyFn = Callable[[Tee, Mapping[str, Any], "bytes | None", TrustConfig, dt.datetime], Verdict]
+VerifyFn = Callable[[Tee, Mapping[str, Any], bytes | None, TrustConfig, dt.datetime], Verdict]
 
 
 @dataclass(frozen=True, slots=True)
