@@ -40,7 +40,6 @@ is one JSON object.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import math
@@ -61,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from inclavare.sample_images import build_busybox_rootfs, make_bundle
 from inclavare.services.kbs_client import KbsClient
 from inclavare.tee.sim_authority import SimAuthority
+from inclavare.tee.sim_sgx import SimSgxAttester
 from tests.kbs.kbs_harness import KbsProcess, config_text, write_admin_keys
 from tests.support.agent import AgentProcess
 
@@ -314,15 +314,13 @@ def main() -> int:
 
         mr_bytes = bytes.fromhex(mr)
 
-        def attester(report_data: bytes) -> tuple[str, Any]:
-            quote = authority.quote(mr_bytes, report_data.ljust(64, b"\0"))
-            return "sgx", {"quote": base64.b64encode(quote).decode()}
+        attester = SimSgxAttester(authority, mr_bytes)
 
         uri = f"kbs:///{RESOURCE}"
 
         def host_session() -> tuple[float, list[float]]:
             t0 = time.perf_counter()
-            client = KbsClient(kbs.url, attester, tee="sgx")  # type: ignore[union-attr]
+            client = KbsClient(kbs.url, attester)  # type: ignore[union-attr]
             try:
                 if client.get_resource(uri) != secret:
                     raise SystemExit("host flow: wrong secret")

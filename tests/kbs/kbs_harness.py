@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from base64 import b64encode
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from inclavare.tee.sample import SampleAttester
 
 ADMIN_AUDIENCE = "kbs-under-test"  # admin_audience of every broker config_text writes
 ALLOW_ALL = 'package policy\nimport rego.v1\ndefault allow := false\nallow if data.plugin == "resource"\n'
@@ -126,8 +127,8 @@ def config_text(store: str, *, sample: bool = True, admin: bool = True, extra: s
     return "\n".join(lines) + "\n" + extra
 
 
-def sample_evidence(report_data: bytes) -> dict[str, str]:
-    return {"svn": "1", "report_data": b64encode(report_data).decode()}
+def sample_evidence(report_data: bytes) -> dict[str, Any]:
+    return SampleAttester().evidence(report_data)
 
 
 def raw_http(url: str, request_line: str, headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:

@@ -20,10 +20,10 @@ from inclavare.crypto.b64 import b64url_decode
 from inclavare.crypto.jwk import jwk_from_public_key
 from inclavare.errors import KbsError
 from inclavare.services.kbs_client import KbsClient
+from inclavare.tee.sample import SampleAttester
 
 
-def _sample_attester(rd: bytes) -> tuple[str, dict]:
-    return "sample", sample_evidence(rd)
+_sample_attester = SampleAttester()
 
 
 def _claims(token: str) -> dict:
@@ -31,7 +31,7 @@ def _claims(token: str) -> dict:
 
 
 def test_library_client_gets_secret_and_token_has_trustee_claims(kbs) -> None:
-    with KbsClient(kbs.url, _sample_attester, tee="sample") as client:
+    with KbsClient(kbs.url, _sample_attester) as client:
         assert client.get_resource("kbs:///default/key/1") == b"top secret"
         token = client.get_token()
     header = json.loads(b64url_decode(token.split(".")[0]))
@@ -241,7 +241,7 @@ def test_concurrent_clients(kbs) -> None:
 
     def run() -> None:
         try:
-            with KbsClient(kbs.url, _sample_attester, tee="sample") as c:
+            with KbsClient(kbs.url, _sample_attester) as c:
                 for _ in range(3):
                     value = c.get_resource("kbs:///default/key/1")
             with lock:
@@ -262,7 +262,7 @@ def test_default_resource_policy_denies_sample(make_kbs) -> None:
     server = make_kbs()
     assert server.admin("POST", "/resource/default/key/1", b"s").status_code == 200
     with pytest.raises(KbsError) as info:
-        KbsClient(server.url, _sample_attester, tee="sample").get_resource("kbs:///default/key/1")
+        KbsClient(server.url, _sample_attester).get_resource("kbs:///default/key/1")
     assert (info.value.kind, info.value.status) == ("PolicyDeny", 401)
 
 

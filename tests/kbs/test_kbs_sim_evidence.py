@@ -17,6 +17,7 @@ from inclavare.services.kbs.config import AttestationConfig
 from inclavare.services.kbs.hardware_verifier import build_hardware_verifier
 from inclavare.services.kbs_client import KbsClient
 from inclavare.tee.sim_authority import SimAuthority
+from inclavare.tee.sim_sgx import SimSgxAttester
 
 TESTDATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "testdata")
 MR_ENCLAVE = bytes.fromhex("6f" * 32)
@@ -32,11 +33,8 @@ def _exported(authority: SimAuthority, directory: str) -> None:
     authority.export(os.path.join(directory, "sim"))
 
 
-def _attester(authority: SimAuthority, mr_enclave: bytes = MR_ENCLAVE):
-    def attest(report_data: bytes) -> tuple[str, dict]:
-        quote = authority.quote(mr_enclave, report_data.ljust(64, b"\0"))
-        return "sgx", {"quote": base64.b64encode(quote).decode()}
-    return attest
+def _attester(authority: SimAuthority, mr_enclave: bytes = MR_ENCLAVE) -> SimSgxAttester:
+    return SimSgxAttester(authority, mr_enclave)
 
 
 def _allow_sim_measurement(mr_hex: str) -> str:
@@ -56,7 +54,7 @@ def test_sim_quotes_accepted_with_sim_anchor_and_marked_simulated(make_kbs, auth
     server = make_kbs(SIM_CONFIG, sample=False)
     log = server.stderr()
     assert "WARNING" in log and "SIMULATED" in log and "NOT a TEE" in log
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         token = client.get_token()
     ev = _claims(token)["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
     assert ev["simulated"] is True and ev["sgx"]["simulated"] is True
@@ -69,7 +67,7 @@ def test_sim_quotes_denied_by_default_resource_policy(make_kbs, authority, tmp_p
     server = make_kbs(SIM_CONFIG, sample=False)
     assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
     with pytest.raises(KbsError) as info:
-        KbsClient(server.url, _attester(authority), tee="sgx").get_resource("kbs:///default/key/1")
+        KbsClient(server.url, _attester(authority)).get_resource("kbs:///default/key/1")
     assert (info.value.kind, info.value.status) == ("PolicyDeny", 401)
 
 
@@ -78,10 +76,10 @@ def test_sim_quotes_accepted_by_policy_allowing_the_measurement(make_kbs, author
     server = make_kbs(SIM_CONFIG, sample=False)
     assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
     server.set_resource_policy(_allow_sim_measurement(MR_ENCLAVE.hex()))
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         assert client.get_resource("kbs:///default/key/1") == b"sim secret"
     with pytest.raises(KbsError) as info:  # another enclave on the same simulated platform
-        KbsClient(server.url, _attester(authority, bytes(32)), tee="sgx").get_resource("kbs:///default/key/1")
+        KbsClient(server.url, _attester(authority, bytes(32))).get_resource("kbs:///default/key/1")
     assert info.value.kind == "PolicyDeny"
 
 
@@ -97,7 +95,7 @@ def test_sim_quotes_of_another_installation_rejected(make_kbs, authority, tmp_pa
     _exported(other, str(tmp_path))  # the server trusts a different simulated root
     server = make_kbs(SIM_CONFIG, sample=False)
     with pytest.raises(KbsError) as info:
-        KbsClient(server.url, _attester(authority), tee="sgx").get_token()
+        KbsClient(server.url, _attester(authority)).get_token()
     assert info.value.kind == "AttestationError" and "simulated root" in str(info.value)
 
 
@@ -182,13 +180,13 @@ def test_reference_values_make_sim_sgx_affirming(make_kbs, authority, tmp_path) 
 
     _exported(authority, str(tmp_path))
     server = make_kbs(SIM_CONFIG, sample=False)
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         cpu0 = _claims(client.get_token())["submods"]["cpu0"]
     assert cpu0["ear.status"] == "warning"  # platform fine, measurement unknown
     signer = cpu0["ear.veraison.annotated-evidence"]["sgx"]["mr_signer"]
     rvs = build_message({"mr_enclave": [MR_ENCLAVE.hex()], "mr_signer": [signer]})
     assert server.admin("POST", "/reference-value", rvs).status_code == 200
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         cpu0 = _claims(client.get_token())["submods"]["cpu0"]
     assert cpu0["ear.status"] == "affirming" and cpu0["ear.trustworthiness-vector"]["executables"] == 3
 
@@ -217,7 +215,7 @@ def test_explain_replays_the_brokers_decision(make_kbs, authority, tmp_path) -> 
     values = {"mr_enclave": [MR_ENCLAVE.hex()], "mr_signer": [signer]}
     assert server.admin("POST", "/reference-value", build_message(values)).status_code == 200
     assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         token = client.get_token()
         with pytest.raises(KbsError) as denied:
             client.get_resource("kbs:///default/key/1")
@@ -255,7 +253,7 @@ def test_explain_replays_the_brokers_decision(make_kbs, authority, tmp_path) -> 
     (tmp_path / "allow.rego").write_text(_allow_sim_measurement(MR_ENCLAVE.hex()))
     allowed = explain("--token", str(tmp_path / "token.jwt"), "--resource-policy", str(tmp_path / "allow.rego"))
     assert allowed["resource"]["allowed"] is True
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         assert client.get_resource("kbs:///default/key/1") == b"sim secret"  # the broker agrees
 
 
@@ -264,7 +262,7 @@ def test_decisions_are_json_events_with_log_format_json(make_kbs, authority, tmp
     server = make_kbs('log_format = "json"\n' + SIM_CONFIG, sample=False)
     server.set_resource_policy(_allow_sim_measurement(MR_ENCLAVE.hex()))
     assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         assert client.get_resource("kbs:///default/key/1") == b"sim secret"
     lines = [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
     events = {doc.get("event"): doc for doc in lines}
@@ -285,7 +283,7 @@ def test_explain_a_denial_by_its_decision_id(make_kbs, authority, tmp_path) -> N
     _exported(authority, str(tmp_path))
     server = make_kbs('log_format = "json"\n' + SIM_CONFIG, sample=False)
     assert server.admin("POST", "/resource/default/key/1", b"sim secret").status_code == 200
-    with KbsClient(server.url, _attester(authority), tee="sgx") as client:
+    with KbsClient(server.url, _attester(authority)) as client:
         token = client.get_token()
         with pytest.raises(KbsError) as denied:
             client.get_resource("kbs:///default/key/1")

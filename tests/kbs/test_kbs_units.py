@@ -378,6 +378,7 @@ def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from inclavare.services.kbs_client import KbsClient, parse_resource_uri
+    from inclavare.tee.sample import SampleAttester
 
     class Proxy(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
@@ -393,14 +394,14 @@ def test_client_turns_non_json_and_transport_errors_into_kbs_errors() -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = KbsClient(f"http://127.0.0.1:{server.server_address[1]}", lambda rd: ("sample", {}), tee="sample")
+    client = KbsClient(f"http://127.0.0.1:{server.server_address[1]}", SampleAttester())
     with pytest.raises(KbsError) as info:
         client.get_token()
     assert info.value.kind == "ProtocolError"
     server.shutdown()
     server.server_close()
     with pytest.raises(KbsError) as info:
-        KbsClient(f"http://127.0.0.1:{server.server_address[1]}", lambda rd: ("sample", {}), tee="sample").get_token()
+        KbsClient(f"http://127.0.0.1:{server.server_address[1]}", SampleAttester()).get_token()
     assert info.value.kind == "Unreachable"
     for uri in ("http:///a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:///a/b/c?x=1"):
         with pytest.raises(KbsError):

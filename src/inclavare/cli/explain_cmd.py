@@ -76,23 +76,19 @@ def _decision(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 def _evidence_claims(args: argparse.Namespace, reference_values: dict[str, Any], policy: str) -> dict[str, Any]:
     import base64
 
-    from cryptography import x509
-
-    from inclavare.formats.collateral import Collateral
     from inclavare.formats.evidence import load_evidence
     from inclavare.policy.explain import appraise
     from inclavare.tee.sim_pki import quote_is_simulated
-    from inclavare.verify.evidence import TrustConfig, verify_evidence
+    from inclavare.verify.evidence import verify_evidence
+    from inclavare.verify.trust_files import load_trust
 
     evidence = load_evidence(_read(args.evidence, "evidence"))
     if evidence.quote is None:
         raise ConfigError("--evidence takes SGX/TDX quotes; for SNP, explain the broker's token (--token)")
     if not args.collateral:
         raise ConfigError("--evidence needs --collateral FILE")
-    trust = TrustConfig(collateral=(Collateral.from_json(_read(args.collateral, "collateral")),))
-    if args.trust_anchor:
-        anchor = x509.load_pem_x509_certificate(_read(args.trust_anchor, "trust anchor"))
-        trust = TrustConfig(sgx_root_cas=(anchor,), collateral=trust.collateral)
+    trust = load_trust(roots=[args.trust_anchor] if args.trust_anchor else [], collateral=[args.collateral],
+                       first_root_only=True)
     tee = str(evidence.tee)
     verdict = verify_evidence(tee, {"quote": base64.b64encode(evidence.raw).decode()}, report_data=None,
                               trust=trust, now=parse_at(args.at))

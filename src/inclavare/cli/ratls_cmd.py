@@ -164,11 +164,9 @@ def add_parser(sub: Any) -> None:
 # -- building blocks from the options --------------------------------------------------------
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    from inclavare.verify.trust_files import read_file
+
+    return read_file(path, what)
 
 
 def _credentials(args: argparse.Namespace) -> Any:
@@ -228,31 +226,11 @@ def _issuer_cas(args: argparse.Namespace) -> tuple[Any, ...]:
 
 
 def _verifier(args: argparse.Namespace) -> Any:
-    from cryptography import x509
-
-    from inclavare.formats.collateral import Collateral
     from inclavare.ratls.policy import RatlsPolicy, read_policy_document
     from inclavare.ratls.verifier import RatlsVerifier
-    from inclavare.verify.evidence import TrustConfig
-    from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA
+    from inclavare.verify.trust_files import load_trust
 
-    roots: list[x509.Certificate] = []
-    for path in args.trust_root or ["intel"]:
-        if path == "intel":
-            roots.append(INTEL_SGX_ROOT_CA)
-            continue
-        try:
-            roots.extend(x509.load_pem_x509_certificates(_read(path, "trust root")))
-        except ValueError as exc:
-            raise ConfigError(f"trust root {path} is not PEM certificates: {exc}") from None
-    collateral = []
-    for path in args.collateral:
-        try:
-            collateral.append(Collateral.from_json(_read(path, "collateral")))
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"collateral {path}: {exc}") from None
+    trust = load_trust(roots=args.trust_root, collateral=args.collateral)
     document: dict[str, Any] = read_policy_document(args.policy) if args.policy else {}
     for name, values in (("mr_enclave", args.mr_enclave), ("mr_signer", args.mr_signer),
                          ("mr_td", args.mr_td)):
@@ -269,7 +247,6 @@ def _verifier(args: argparse.Namespace) -> Any:
     if args.insecure_any_enclave:
         document["insecure_any_enclave"] = True
     policy = RatlsPolicy.from_mapping(document)
-    trust = TrustConfig(sgx_root_cas=tuple(roots), collateral=tuple(collateral))
     return RatlsVerifier(policy, trust, use_endorsements=not args.no_endorsements,
                          issuer_cas=_issuer_cas(args))
 

@@ -27,22 +27,6 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
-def _certificates(path: str, what: str) -> list[Any]:
-    import warnings
-
-    from cryptography import x509
-
-    data = _read(path, what)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if b"-----BEGIN" in data:
-                return list(x509.load_pem_x509_certificates(data))
-            return [x509.load_der_x509_certificate(data)]
-        except ValueError as exc:
-            raise ConfigError(f"{what} {path} holds no readable certificate: {exc}") from exc
-
-
 def _certificates_of(pem: bytes) -> list[dict[str, Any]] | None:
     """A PEM chain as its certificates' names (a simulated chain says SIMULATED in each)."""
     from cryptography import x509
@@ -107,24 +91,22 @@ def _simulated_quote(quote: Any) -> bool:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from inclavare.formats.collateral import Collateral
+    import base64
+
     from inclavare.formats.evidence import load_evidence
-    from inclavare.verify.dcap import verify_quote
-    from inclavare.verify.evidence import SNP_STATUS
-    from inclavare.verify.snp import verify_snp_report
+    from inclavare.verify.evidence import verify_evidence
+    from inclavare.verify.trust_files import load_trust
 
     evidence = load_evidence(_read(args.evidence, "evidence"))
     now = parse_at(args.at)
+    encoded = base64.b64encode(evidence.raw).decode()
     if evidence.quote is not None:
         if not args.collateral:
             raise ConfigError("DCAP evidence needs --collateral FILE (dcap-qvl QuoteCollateralV3 JSON)")
-        collateral = Collateral.from_json(_read(args.collateral, "collateral"))
-        kwargs: dict[str, Any] = {}
-        if args.trust_anchor:
-            kwargs["trust_anchors"] = _certificates(args.trust_anchor, "trust anchor")
+        trust = load_trust(roots=[args.trust_anchor] if args.trust_anchor else [], collateral=[args.collateral])
         simulated = _simulated_quote(evidence.quote)
         try:
-            verified = verify_quote(evidence.quote, collateral, now=now, **kwargs)
+            verdict = verify_evidence(evidence.tee, {"quote": encoded}, report_data=None, trust=trust, now=now)
         except VerificationError as exc:
             if simulated and not args.trust_anchor:
                 raise VerificationError(
@@ -132,17 +114,17 @@ def _verify(args: argparse.Namespace) -> int:
                     "not Intel): verify it with --trust-anchor ROOT-CA.pem of that authority "
                     "(`inclavare sim export`)") from None
             raise
-        result = {"tee": verified.tee, "simulated": simulated, "status": verified.status,
-                  "advisory_ids": list(verified.advisory_ids), "claims": verified.claims_dict()}
     else:
         if not args.vcek or not args.ca:
             raise ConfigError("SNP evidence needs --vcek FILE and --ca FILE (ASK and ARK)")
-        vcek = _certificates(args.vcek, "VCEK")[0]
-        report = evidence.snp_report
-        if report is None:
+        if evidence.snp_report is None:
             raise ConfigError("evidence is neither a DCAP quote nor an SNP report")
-        snp = verify_snp_report(report, vcek=vcek, ask_ark=_certificates(args.ca, "CA chain"), now=now)
-        result = {"tee": "snp", "simulated": False, "status": SNP_STATUS, "advisory_ids": [], "claims": snp.claims}
+        trust = load_trust(amd_chains=[args.ca], vceks=[args.vcek])
+        simulated = False
+        verdict = verify_evidence(evidence.tee, {"attestation_report": encoded}, report_data=None,
+                                  trust=trust, now=now)
+    result = {"tee": verdict.tee, "simulated": simulated, "status": verdict.status,
+              "advisory_ids": list(verdict.advisory_ids), "claims": verdict.claims}
     _print(result, args.json)
     return 0
 

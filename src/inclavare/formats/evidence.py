@@ -16,12 +16,10 @@ from inclavare.errors import FormatError
 from inclavare.formats.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote, parse_quote
 from inclavare.formats.snp import REPORT_SIZE, SnpReport, parse_snp_report
 from inclavare.formats.strict_json import loads_strict
+from inclavare.tee.registry import SNP
 
 MAX_EVIDENCE_SIZE = 4 * 1024 * 1024
 _HEX = re.compile(rb"(?:0x)?((?:[0-9a-fA-F]{2})+)")
-
-Tee = Literal["sgx", "tdx", "snp"]
-
 
 @dataclass(frozen=True, slots=True)
 class LoadedEvidence:
@@ -29,7 +27,7 @@ class LoadedEvidence:
     (``binary``, ``hex`` or ``json``); ``extra`` keeps the other JSON members (event log, SNP
     certificate chain) for the layers that use them."""
 
-    tee: Tee
+    tee: str  # a name from inclavare.tee.registry
     raw: bytes
     encoding: Literal["binary", "hex", "json"]
     quote: Quote | None = None
@@ -49,10 +47,9 @@ def _from_binary(data: bytes, encoding: Literal["binary", "hex", "json"],
         tee_type = quote.header.tee_type
         if tee_type not in (TEE_TYPE_SGX, TEE_TYPE_TDX):
             raise FormatError(f"quote with unknown TEE type {tee_type:#x}")
-        tee: Tee = "sgx" if tee_type == TEE_TYPE_SGX else "tdx"
-        return LoadedEvidence(tee, data, encoding, quote=quote, extra=extra or {})
+        return LoadedEvidence(quote.tee, data, encoding, quote=quote, extra=extra or {})
     if len(data) == REPORT_SIZE:
-        return LoadedEvidence("snp", data, encoding, snp_report=parse_snp_report(data), extra=extra or {})
+        return LoadedEvidence(SNP.name, data, encoding, snp_report=parse_snp_report(data), extra=extra or {})
     raise FormatError("evidence is neither a DCAP quote (v3/v4/v5) nor an SNP attestation report")
 
 

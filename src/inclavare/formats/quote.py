@@ -17,9 +17,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from inclavare.errors import FormatError
+from inclavare.tee.registry import SGX, TDX
 from inclavare.formats.byte_reader import ByteReader, u16le, u32le
 from inclavare.formats.report_body import (
     SGX_REPORT_BODY_SIZE,
@@ -215,8 +216,9 @@ class Quote:
             raise FormatError("quote v4 cannot carry a TD 1.5 report body")
 
     @property
-    def tee(self) -> Literal["sgx", "tdx"]:
-        return "sgx" if isinstance(self.report, EnclaveReport) else "tdx"
+    def tee(self) -> str:
+        """The registry name of the quote's TEE (by its report body)."""
+        return SGX.name if isinstance(self.report, EnclaveReport) else TDX.name
 
     @property
     def body_type(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from inclavare.policy import ear
 from inclavare.policy.rego_policy import RegoPolicy
+from inclavare.tee.registry import SAMPLE, SGX, SNP, TDX, tee_of_evidence
 
 # What the default attestation policy's values mean (attestation_default.rego).
 MEANINGS = {
@@ -31,7 +32,8 @@ MEANINGS = {
     ("configuration", 96): "an SNP guest launched with debug allowed: the host can read its memory",
 }
 # The reference values the default attestation policy needs before it affirms executables.
-DEFAULT_POLICY_NEEDS = {"sgx": ("mr_enclave", "mr_signer"), "tdx": ("mr_td",), "snp": ("snp_launch_measurement",)}
+DEFAULT_POLICY_NEEDS = {SGX.name: ("mr_enclave", "mr_signer"), TDX.name: ("mr_td",),
+                        SNP.name: ("snp_launch_measurement",)}
 SAMPLE_REASON = "the evidence is from Trustee's sample TEE, which has no hardware and no security"
 SIMULATED_REASON = ("the evidence is SIMULATED (only the simulated authority's root vouched for it): "
                     "the default resource policy releases nothing to it")
@@ -57,7 +59,7 @@ def explain(claims: Mapping[str, Any], *, resource_policy: str, resource: list[s
         return {"error": "the token has no appraisal (no submods)"}
     evidence = submod.get("ear.veraison.annotated-evidence") or {}
     vector = submod.get("ear.trustworthiness-vector") or {}
-    tee = next((k for k in ("sgx", "tdx", "snp", "sample") if k in evidence), "-")
+    tee = tee_of_evidence(evidence)
     raw = evidence.get(tee)
     tee_claims: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     trace: dict[str, Any] = {
@@ -99,7 +101,7 @@ def default_denial_reasons(claims: Mapping[str, Any]) -> list[str]:
     evidence = submod.get("ear.veraison.annotated-evidence") or {}
     vector = submod.get("ear.trustworthiness-vector") or {}
     reasons = []
-    if evidence.get("sample"):
+    if evidence.get(SAMPLE.name):
         reasons.append(SAMPLE_REASON)
     if evidence.get("simulated"):
         reasons.append(SIMULATED_REASON)

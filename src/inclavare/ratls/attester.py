@@ -27,6 +27,7 @@ from urllib.parse import quote_from_bytes
 from inclavare.errors import AgentError, ConfigError, InclavareError, NotSupportedError
 from inclavare.formats.collateral import Collateral
 from inclavare.ratls.certificate import TAG_INTEL_TEE_QUOTE, TAG_SEV_SNP
+from inclavare.tee.registry import pad_report_data
 
 AGENT_SOCKET_ENV = "INCLAVARE_AGENT_SOCKET"
 IN_CONTAINER_AGENT_SOCKET = "/run/inclavare/agent.sock"
@@ -58,12 +59,6 @@ class Attester(Protocol):
     def endorsements(self) -> Collateral | None: ...
 
 
-def _check_report_data(report_data: bytes) -> bytes:
-    if not isinstance(report_data, bytes) or len(report_data) > 64:
-        raise ConfigError("report data is at most 64 bytes")
-    return report_data.ljust(64, b"\0")
-
-
 class AgentAttester:
     """Evidence from the enclave agent's API (inside an enclave container)."""
 
@@ -76,7 +71,7 @@ class AgentAttester:
     def evidence(self, report_data: bytes) -> RawEvidence:
         from inclavare.services.agent.client import call
 
-        data = _check_report_data(report_data)
+        data = pad_report_data(report_data)
         path = "/aa/evidence?runtime_data=" + quote_from_bytes(data, safe="")
         try:
             answer = call(self.socket_path, "GET", path, timeout=self.timeout)
@@ -96,26 +91,26 @@ class AgentAttester:
 
 
 class SimAuthorityAttester:
-    """Quotes from the simulated SGX authority for a simulated enclave identity (no protection:
-    whoever can read the authority's directory can mint these)."""
+    """RA-TLS adapter of the simulated SGX attester (``inclavare.tee.sim_sgx``): its quote as
+    CBOR-tagged evidence, and the authority's collateral as endorsements."""
 
-    name = "sim"
+    name = "simulated"
 
     def __init__(self, authority: object, mr_enclave: bytes, *, mr_signer: bytes | None = None,
                  isv_prod_id: int = 0, isv_svn: int = 0, attributes: bytes | None = None) -> None:
         from inclavare.tee.sim_authority import SimAuthority
+        from inclavare.tee.sim_sgx import SimSgxAttester
 
         if not isinstance(authority, SimAuthority):
             raise ConfigError("SimAuthorityAttester needs a SimAuthority")
-        if len(mr_enclave) != 32:
-            raise ConfigError("mr_enclave is 32 bytes")
+        options: dict[str, Any] = {"isv_prod_id": isv_prod_id, "isv_svn": isv_svn}
+        if mr_signer is not None:
+            options["mr_signer"] = mr_signer
+        if attributes is not None:
+            options["attributes"] = attributes
+        self.attester = SimSgxAttester(authority, mr_enclave, **options)
         self.authority = authority
         self.mr_enclave = mr_enclave
-        self.options: dict[str, Any] = {"isv_prod_id": isv_prod_id, "isv_svn": isv_svn}
-        if mr_signer is not None:
-            self.options["mr_signer"] = mr_signer
-        if attributes is not None:
-            self.options["attributes"] = attributes
 
     @classmethod
     def from_state_dir(cls, state_dir: str, mr_enclave: bytes | None = None) -> SimAuthorityAttester:
@@ -125,9 +120,7 @@ class SimAuthorityAttester:
         return cls(authority, mr_enclave if mr_enclave is not None else secrets.token_bytes(32))
 
     def evidence(self, report_data: bytes) -> RawEvidence:
-        quote = self.authority.quote(self.mr_enclave, _check_report_data(report_data),  # type: ignore[attr-defined]
-                                     **self.options)
-        return RawEvidence(TAG_INTEL_TEE_QUOTE, quote)
+        return RawEvidence(TAG_INTEL_TEE_QUOTE, self.attester.quote(report_data))
 
     def endorsements(self) -> Collateral | None:
         collateral: Collateral = self.authority.collateral()  # type: ignore[attr-defined]
@@ -148,7 +141,7 @@ class TsmAttester:
         return os.path.isdir(report_dir)
 
     def evidence(self, report_data: bytes) -> RawEvidence:
-        data = _check_report_data(report_data)
+        data = pad_report_data(report_data)
         entry = os.path.join(self.report_dir, f"inclavare-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             os.mkdir(entry)

@@ -44,8 +44,10 @@ from inclavare.ratls.claims import PublicKeyNotBound
 from inclavare.ratls.endorsements import parse_endorsements
 from inclavare.ratls.issuers import IssuerCa
 from inclavare.ratls.policy import RatlsPolicy
+from inclavare.tee.registry import SNP
 from inclavare.tee.sim_pki import quote_is_simulated
 from inclavare.verify.dcap import MalformedQuote, verify_quote
+from inclavare.verify.dcap_verifier import dcap_claims
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, select_collateral, verify_evidence
 
 Clock = Callable[[], dt.datetime]
@@ -178,7 +180,7 @@ class RatlsVerifier:
             return self._verify_quote(cert, evidence.data, expected, documents, when, common)
         if evidence.tag == TAG_SEV_SNP:
             verdict = verify_evidence(
-                "snp", {"attestation_report": base64.b64encode(evidence.data).decode()},
+                SNP.name, {"attestation_report": base64.b64encode(evidence.data).decode()},
                 report_data=expected, trust=self.trust, now=when)
             # SNP has no collateral window to bound a cached verdict: it is not reused.
             return RatlsVerdict(status=verdict.status, advisory_ids=verdict.advisory_ids,
@@ -221,9 +223,8 @@ class RatlsVerifier:
         chain_bound = _not_after_of(chains)
         if chain_bound is not None:
             bounds.append(chain_bound)
-        claims = verified.claims_dict()
+        claims = dcap_claims(verified)
         claims["tee"] = verified.tee
-        claims["fmspc"] = verified.fmspc.hex()
         claims["collateral_from"] = "certificate" if collateral is endorsed else "configuration"
         try:
             simulated = quote_is_simulated(quote.pck_chain_pem)

@@ -6,8 +6,8 @@ fetches ``kbs:///repo/type/tag`` resources with the attestation token (``Authori
 and decrypts the JWE with that key. The key and the token stay in this object: nothing else ever
 sees them. The token is renewed before it expires, and once more if the broker rejects it.
 
-The attester callback receives the report data (48 bytes; hardware attesters zero-pad to 64)
-and returns ``(tee, evidence)``. Requests go through an :class:`HttpTransport` (TCP, or the node
+The attester (``inclavare.tee.registry.Attester``) names its TEE and turns the report data
+(48 bytes; hardware attesters zero-pad to 64) into Trustee's evidence JSON for that TEE. Requests go through an :class:`HttpTransport` (TCP, or the node
 agent's opaque relay). Failures raise ``KbsError`` carrying the server's error type and detail.
 """
 
@@ -35,8 +35,8 @@ from inclavare.services.kbs.protocol import (
     runtime_data_digest,
 )
 from inclavare.services.kbs.resource_path import parse_resource_path
+from inclavare.tee.registry import Attester
 
-Attester = Callable[[bytes], tuple[str, Any]]
 SUPPORTED_HASHES = ["sha256", "sha384", "sha512"]
 TOKEN_RENEW_MARGIN = 30.0  # seconds before expiry
 REJECTED_TOKEN = frozenset({"TokenVerifierError", "TokenNotFound"})
@@ -65,11 +65,10 @@ def _token_expiry(token: str) -> float | None:
 
 
 class KbsClient:
-    def __init__(self, url: str, attester: Attester, *, tee: str | None = None, timeout: float = 30.0,
+    def __init__(self, url: str, attester: Attester, *, timeout: float = 30.0,
                  transport: HttpTransport | None = None, clock: Callable[[], float] = time.time) -> None:
         self.url = url.rstrip("/")
         self.attester = attester
-        self.tee = tee
         self.http = transport or HttpTransport(self.url, timeout=timeout)
         self.clock = clock
         self._key: ec.EllipticCurvePrivateKey | None = None
@@ -108,7 +107,7 @@ class KbsClient:
     # --- protocol -----------------------------------------------------------------------------
     def attest(self) -> str:
         """Run auth + attest with a fresh TEE key; returns the attestation token (kept)."""
-        probe_tee = self.tee or self.attester_tee()
+        probe_tee = self.attester.tee.name
         self._cookie = ""
         challenge = _json_body(self._request("POST", "/auth", {
             "version": PROTOCOL_VERSION, "tee": probe_tee,
@@ -120,10 +119,7 @@ class KbsClient:
         key = ec.generate_private_key(ec.SECP256R1())
         pub = jwk_from_public_key(key.public_key(), alg=jwe.ECDH_ALG)
         rd = runtime_data(pub, nonce, "")
-        tee, evidence = self.attester(runtime_data_digest(rd, probe_tee))
-        if tee != probe_tee:
-            raise KbsError(f"attester produced {tee!r} evidence, session is for {probe_tee!r}",
-                           kind="ProtocolError", status=0)
+        evidence = self.attester.evidence(runtime_data_digest(rd, probe_tee))
         body = _json_body(self._request("POST", "/attest", {
             "init-data": None,
             "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
@@ -134,12 +130,6 @@ class KbsClient:
             raise KbsError("KBS attest response has no token", kind="ProtocolError", status=0)
         self._key, self._token, self._expiry = key, token, _token_expiry(token)
         return token
-
-    def attester_tee(self) -> str:
-        """The TEE name, learned by calling the attester once with zero report data."""
-        tee, _ = self.attester(bytes(48))
-        self.tee = tee
-        return tee
 
     def _fresh_token(self) -> str:
         if self._token is None or (self._expiry is not None

@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -48,6 +48,7 @@ from inclavare.formats.report_body import EnclaveReport, TdReport10, TdReport15
 from inclavare.formats.rfc3339 import unix_seconds
 from inclavare.formats.tcb_info import TcbStatus
 from inclavare.memo import Memo, memo
+from inclavare.tee.registry import SGX, TDX
 from inclavare.verify.dcap_chains import (
     CrlPair,
     PckCertificate,
@@ -131,7 +132,7 @@ class TdxClaims:
 class VerifiedQuote:
     """A quote that verified: its TCB status and advisories and the attested claims."""
 
-    tee: Literal["sgx", "tdx"]
+    tee: str  # SGX.name or TDX.name
     status: str
     advisory_ids: tuple[str, ...]
     claims: SgxClaims | TdxClaims
@@ -166,18 +167,18 @@ _ANCHOR_DER: Memo[x509.Certificate, bytes] = memo("anchor-der", 32)
 _QE_SIGNATURES: Memo[tuple[bytes, bytes, bytes], bool | SignatureError] = memo("qe-report-signatures", 1024)
 
 
-def _check_header(quote: Quote) -> Literal["sgx", "tdx"]:
+def _check_header(quote: Quote) -> str:
     header = quote.header
     if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise QuoteRejected("unknown QE vendor id")
     if header.tee_type == TEE_TYPE_SGX:
         if header.version != 3:
             raise QuoteRejected("SGX quotes must be version 3")
-        tee: Literal["sgx", "tdx"] = "sgx"
+        tee = SGX.name
     elif header.tee_type == TEE_TYPE_TDX:
         if header.version not in (4, 5):
             raise QuoteRejected("TDX quotes must be version 4 or 5")
-        tee = "tdx"
+        tee = TDX.name
     else:
         raise QuoteRejected(f"unsupported TEE type {header.tee_type:#x}")
     if header.attestation_key_type != ATTESTATION_KEY_TYPE_ECDSA_P256:
@@ -243,7 +244,7 @@ def _check_attributes(report: EnclaveReport | TdReport10) -> None:
         raise QuoteRejected("SEPT_VE_DISABLE is not set")
 
 
-def _verify_with_anchor(raw: bytes, quote: Quote, tee: Literal["sgx", "tdx"], collateral: Collateral,
+def _verify_with_anchor(raw: bytes, quote: Quote, tee: str, collateral: Collateral,
                         anchor: TrustAnchor, now: int) -> VerifiedQuote:
     crls: CrlPair = load_crls(collateral.root_ca_crl, collateral.pck_crl)
     check_root_not_revoked(anchor, crls, now)
@@ -251,7 +252,7 @@ def _verify_with_anchor(raw: bytes, quote: Quote, tee: Literal["sgx", "tdx"], co
                                  collateral.tcb_info_issuer_chain, anchor, crls, now)
     qe_identity = verified_qe_identity(collateral.qe_identity, collateral.qe_identity_signature,
                                        collateral.qe_identity_issuer_chain, anchor, crls, now)
-    expected_id, versions = ("QE", (2,)) if tee == "sgx" else ("TD_QE", (2, 3))
+    expected_id, versions = ("QE", (2,)) if tee == SGX.name else ("TD_QE", (2, 3))
     if qe_identity.id != expected_id or qe_identity.version not in versions:
         raise TcbError(f"QE Identity {qe_identity.id!r} v{qe_identity.version} does not fit a {tee.upper()} quote")
     if collateral.pck_certificate_chain is not None:
@@ -272,7 +273,7 @@ def _verify_with_anchor(raw: bytes, quote: Quote, tee: Literal["sgx", "tdx"], co
     except SignatureError as exc:
         raise SignatureError(f"quote signature (by the attestation key) is invalid: {exc}") from exc
     td_report = quote.report if isinstance(quote.report, TdReport10) else None
-    platform = match_platform(tcb_info, is_tdx_quote=tee == "tdx", fmspc=pck.extension.fmspc,
+    platform = match_platform(tcb_info, is_tdx_quote=tee == TDX.name, fmspc=pck.extension.fmspc,
                               cpu_svn=pck.extension.cpu_svn, pce_svn=pck.extension.pce_svn,
                               td_report=td_report)
     final: TcbResult = platform.merge(qe_status)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,17 +29,14 @@ from inclavare.errors import (
     VerificationError,
 )
 from inclavare.formats.collateral import Collateral
-from inclavare.formats.evidence import decode_base64, decode_report_value, load_evidence
 from inclavare.formats.pem import parse_pem_blocks
 from inclavare.formats.quote import CERT_TYPE_PCK_CHAIN, Quote
-from inclavare.formats.snp import parse_snp_report
 from inclavare.formats.tcb_info import TcbInfo, parse_tcb_info
 from inclavare.memo import Memo, memo
-from inclavare.verify.dcap import MalformedQuote, verify_parsed_quote
+from inclavare.verify.dcap import MalformedQuote
 from inclavare.verify.dcap_chains import pck_extension_of
 from inclavare.verify.intel_sgx_root import INTEL_SGX_ROOT_CA
 from inclavare.verify.pki_path import parse_certificate, parse_crl
-from inclavare.verify.snp import MalformedSnpReport, verify_snp_report
 
 SNP_STATUS = "Verified"
 """SNP has no TCB status document; a verified report carries this status and its reported TCB
@@ -135,7 +131,7 @@ def select_collateral(quote: Quote, documents: Sequence[Collateral]) -> Collater
     """The collateral for this quote's platform: same FMSPC, same TEE (TCB Info id), and a PCK CRL
     from the PCK certificate's issuer. CollateralError when none matches."""
     fmspc, ca, issuer = _platform_of(quote)
-    tee_id = "SGX" if quote.tee == "sgx" else "TDX"
+    tee_id = quote.tee.upper()  # the TCB Info "id" of the quote's TEE
     for collateral in documents:
         info = _tcb_info(collateral)
         if info is None or info.id != tee_id or info.fmspc.upper() != fmspc.hex().upper():
@@ -150,82 +146,13 @@ def select_collateral(quote: Quote, documents: Sequence[Collateral]) -> Collater
                           f"(PCK {ca} CA)")
 
 
-def _expect_report_data(actual: bytes, expected: bytes | None) -> None:
+def expect_report_data(actual: bytes, expected: bytes | None) -> None:
     if expected is None:
         return
     if len(expected) > 64:
         raise ReportDataMismatch("expected report data is longer than 64 bytes")
     if not hmac.compare_digest(actual, expected.ljust(64, b"\0")):
         raise ReportDataMismatch("the evidence is not bound to the expected report data")
-
-
-def _verify_dcap(tee: str, evidence: Mapping[str, Any], report_data: bytes | None,
-                 trust: TrustConfig, now: dt.datetime) -> Verdict:
-    try:
-        raw = decode_base64(evidence.get("quote"), "evidence quote")
-        loaded = load_evidence(raw)
-    except FormatError as exc:
-        raise MalformedQuote(f"malformed {tee} evidence: {exc}") from exc
-    if loaded.tee != tee or loaded.quote is None:
-        raise MalformedQuote(f"the evidence is a {loaded.tee} quote, not {tee}")
-    collateral = select_collateral(loaded.quote, trust.collateral_documents())
-    verified = verify_parsed_quote(loaded.raw, loaded.quote, collateral, now=now,
-                                   trust_anchors=trust.sgx_root_cas)
-    _expect_report_data(verified.report_data, report_data)
-    claims = verified.claims_dict()
-    claims["fmspc"] = verified.fmspc.hex()
-    claims["pck_ca"] = verified.pck_ca
-    claims["collateral_expires"] = dt.datetime.fromtimestamp(verified.collateral_expires,
-                                                             dt.timezone.utc).isoformat()
-    return Verdict(tee, verified.status, verified.advisory_ids, claims)
-
-
-def _snp_certificates(evidence: Mapping[str, Any]) -> list[x509.Certificate]:
-    """VCEK/VLEK candidates sent with the evidence (PEM text, or base64 DER, or
-    ``{"cert_type": …, "data": …}`` entries). Unreadable entries are ignored: a certificate
-    only counts if it chains to a configured ARK anyway."""
-    found: list[x509.Certificate] = []
-    entries = evidence.get("cert_chain") or []
-    if not isinstance(entries, list):
-        return found
-    for entry in entries:
-        data = entry.get("data") if isinstance(entry, dict) else entry
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if isinstance(data, str) and "BEGIN CERTIFICATE" in data:
-                    found.extend(x509.load_pem_x509_certificates(data.encode()))
-                elif isinstance(data, str):
-                    found.append(x509.load_der_x509_certificate(decode_base64(data, "cert_chain")))
-                elif isinstance(data, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in data):
-                    found.append(x509.load_der_x509_certificate(bytes(data)))
-        except (ValueError, FormatError):
-            continue
-    return found
-
-
-def _verify_snp(evidence: Mapping[str, Any], report_data: bytes | None, trust: TrustConfig,
-                now: dt.datetime) -> Verdict:
-    try:
-        report = parse_snp_report(decode_report_value(evidence.get("attestation_report")))
-    except FormatError as exc:
-        raise MalformedSnpReport(f"malformed snp evidence: {exc}") from exc
-    if not trust.amd_chains:
-        raise UnsupportedTee("no AMD ASK/ARK chain is configured: SNP evidence cannot be verified")
-    candidates = list(trust.vceks) + _snp_certificates(evidence)
-    if not candidates:
-        raise VerificationError("no VCEK for this SNP report (configure one or send cert_chain)")
-    first_error: VerificationError | None = None
-    for vcek in candidates:
-        for chain in trust.amd_chains:
-            try:
-                verified = verify_snp_report(report, vcek=vcek, ask_ark=chain, now=now)
-            except VerificationError as exc:
-                first_error = first_error or exc
-                continue
-            _expect_report_data(verified.report_data, report_data)
-            return Verdict("snp", SNP_STATUS, (), verified.claims)
-    raise first_error or VerificationError("SNP report did not verify")
 
 
 def verify_evidence(
@@ -236,12 +163,11 @@ def verify_evidence(
     trust: TrustConfig,
     now: dt.datetime,
 ) -> Verdict:
-    """Verify ``evidence`` of TEE ``tee`` (``sgx``, ``tdx``, ``snp``) at time ``now``; when
+    """Verify ``evidence`` of TEE ``tee`` (a name in the verifier table) at time ``now``; when
     ``report_data`` is given the evidence's report data must equal it zero-padded to 64 bytes."""
     if not isinstance(evidence, Mapping):
         raise MalformedQuote("evidence must be a JSON object")
-    if tee in ("sgx", "tdx"):
-        return _verify_dcap(tee, evidence, report_data, trust, now)
-    if tee == "snp":
-        return _verify_snp(evidence, report_data, trust, now)
-    raise UnsupportedTee(f"unsupported TEE {tee!r} (supported: sgx, tdx, snp)")
+    from inclavare.verify.table import verifier_for  # the table's verifiers import this module
+
+    found, entry = verifier_for(tee)
+    return entry.verify(found, evidence, report_data, trust, now)

@@ -32,6 +32,7 @@ from inclavare.services.http_transport import parse_origin, tcp_connect
 from inclavare.services.peer import Peer
 from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
+from inclavare.tee.registry import SGX
 
 SIM_TYPE = "sim"
 REFUSED = "refused: this channel answers only the processes of the enclave container it belongs to"
@@ -127,7 +128,7 @@ class Channels:
         if method == "POST" and path == "/v1/quote":
             quote = self.quoter.quote(reg, _report_data(request.json()))
             self.metrics.inc("agent_quotes_total")
-            return Response.json(200, {"tee": "sgx", "evidence": {"quote": base64.b64encode(quote).decode()},
+            return Response.json(200, {"tee": SGX.name, "evidence": {"quote": base64.b64encode(quote).decode()},
                                        "simulated": reg.tee == SIM_TYPE})
         if method == "GET" and path == "/v1/collateral":
             if reg.tee != SIM_TYPE:

@@ -25,6 +25,7 @@ from typing import Any
 from inclavare.services.enclave_agent.host_channel import HostChannel, HostChannelError
 from inclavare.services.peer import Namespaces, Peer, own_namespaces
 from inclavare.services.unix_http import HttpError, Request, Response
+from inclavare.tee.node_quote import NodeQuoteAttester, NodeQuoteError
 
 log = logging.getLogger("inclavare.enclave_agent")
 
@@ -38,6 +39,7 @@ KBS_CA_FILE = "/etc/inclavare/kbs-ca.pem"
 class EnclaveAgent:
     def __init__(self, host: HostChannel, own: Namespaces | None = None) -> None:
         self.host = host
+        self.attester = _HostAttester(NodeQuoteAttester(host))
         self.own = own or own_namespaces()
         self._kbs: Any = None
         self._kbs_lock = threading.Lock()
@@ -66,8 +68,7 @@ class EnclaveAgent:
             data = request.raw_query().get("runtime_data", b"")
             if len(data) > 64:
                 raise HttpError(400, "runtime data longer than 64 bytes")
-            _, evidence = self._quote(data)
-            return Response.json(200, evidence)
+            return Response.json(200, self.attester.evidence(data))
         if path == "/aa/token":
             if request.query().get("token_type", "kbs") != "kbs":
                 raise HttpError(400, "only token_type=kbs is supported")
@@ -82,11 +83,6 @@ class EnclaveAgent:
             return Response(200, data, "application/octet-stream")
         raise HttpError(404, f"no such endpoint: {path}")
 
-    def _quote(self, report_data: bytes) -> tuple[str, dict[str, str]]:
-        try:
-            return self.host.quote(report_data)
-        except HostChannelError as exc:
-            raise HttpError(502, str(exc)) from None
 
     def _client(self) -> Any:
         """The key broker client, made on first use (its imports cost what a container that never
@@ -97,7 +93,7 @@ class EnclaveAgent:
 
             url = self._relay_url()
             transport = HttpTransport(url, connect=self._tunnel, ssl_context=_kbs_ssl_context(url))
-            self._kbs = KbsClient(url, self._quote, tee="sgx", transport=transport)
+            self._kbs = KbsClient(url, self.attester, transport=transport)
         return self._kbs
 
     def _relay_url(self) -> str:
@@ -118,6 +114,20 @@ class EnclaveAgent:
             return self.host.tunnel(timeout)
         except HostChannelError as exc:
             raise TransportError(str(exc)) from None
+
+
+class _HostAttester:
+    """The node's attester, its failures answered 502 (the host, not the caller, failed)."""
+
+    def __init__(self, inner: NodeQuoteAttester) -> None:
+        self.inner = inner
+        self.tee = inner.tee
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
+        try:
+            return self.inner.evidence(report_data)
+        except (HostChannelError, NodeQuoteError) as exc:
+            raise HttpError(502, str(exc)) from None
 
 
 def _kbs_ssl_context(url: str) -> Any:

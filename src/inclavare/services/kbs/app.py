@@ -39,6 +39,7 @@ from inclavare.services.kbs.sessions import Session
 from inclavare.services.kbs.store import KbsStore
 from inclavare.services.kbs.token_verifier import TokenVerifier, tee_public_key
 from inclavare.services.logs import event, request_id
+from inclavare.tee.registry import tee_of_evidence
 
 log = logging.getLogger("inclavare.kbs")
 JSON = "application/json"
@@ -164,7 +165,7 @@ def decision_facts(claims: Any) -> dict[str, Any]:
     submods = claims.get("submods") if isinstance(claims, dict) else None
     submod: dict[str, Any] = next(iter(submods.values()), {}) if isinstance(submods, dict) and submods else {}
     evidence = submod.get("ear.veraison.annotated-evidence") or {}
-    tee = next((k for k in ("sgx", "tdx", "snp", "sample") if isinstance(evidence.get(k), dict)), "-")
+    tee = tee_of_evidence(evidence)
     tee_claims = evidence.get(tee) or {}
     measurement = next((str(tee_claims[k]) for k in ("mr_enclave", "mr_td", "measurement", "launch_digest")
                         if k in tee_claims), "-")

@@ -1,7 +1,7 @@
 """Built-in attestation service: evidence -> verified claims -> appraisal policy -> EAR token.
 
-Evidence is verified per TEE (``sample`` here, ``sgx``/``tdx``/``snp`` through
-``inclavare.verify.evidence``), bound to the runtime data (nonce + TEE key) through the report
+Evidence is verified per TEE (the test-only sample TEE here, hardware TEEs through the verifier
+table, ``inclavare.verify.table``), bound to the runtime data (nonce + TEE key) through the report
 data, annotated like Trustee's (``ear.veraison.annotated-evidence``), appraised by the Rego
 attestation policy with the reference values in the store, and signed as an ES256 EAR JWT.
 """
@@ -33,6 +33,7 @@ from inclavare.policy.rego_probe import probe_policy
 from inclavare.services.kbs.protocol import InitData, expected_report_data, runtime_data_digest
 from inclavare.services.kbs.sample_tee import verify_sample_evidence
 from inclavare.services.kbs.store import KbsStore
+from inclavare.tee.registry import SAMPLE, known_tees, tee_named
 
 log = logging.getLogger("inclavare.kbs")
 DEFAULT_POLICY_ID = "default_cpu"
@@ -40,8 +41,6 @@ _INIT_DATA_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512
 
 # (tee, evidence, expected report data, now) -> (claims, simulated)
 HardwareVerifier = Callable[[str, Any, bytes, datetime], tuple[dict[str, Any], bool]]
-# Where each hardware TEE carries the init-data digest (zero-padded or truncated to the field).
-INIT_DATA_FIELDS = {"sgx": "config_id", "tdx": "mr_config_id", "snp": "host_data"}
 
 
 def default_attestation_policy() -> str:
@@ -64,7 +63,7 @@ class BuiltinAttestationService:
         token_lifetime_s: int,
         hardware_verifier: HardwareVerifier | None,
         policies: PolicyCache,
-        hardware_tees: frozenset[str] = frozenset({"sgx", "tdx", "snp"}),
+        hardware_tees: frozenset[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -73,7 +72,8 @@ class BuiltinAttestationService:
         self.allow_sample = allow_sample
         self.token_lifetime_s = token_lifetime_s
         self.hardware_verifier = hardware_verifier
-        self.hardware_tees = hardware_tees
+        self.hardware_tees = hardware_tees if hardware_tees is not None else frozenset(
+            name for name, tee in known_tees().items() if tee.hardware)
         self.policies = policies
         self.clock = clock
         self._default_policy = default_attestation_policy()
@@ -82,11 +82,11 @@ class BuiltinAttestationService:
 
     def supports(self, tee: str) -> str | None:
         """None when ``tee`` can be attested here, else the reason it cannot."""
-        if tee == "sample":
+        if tee == SAMPLE.name:
             return None if self.allow_sample else (
                 "the sample TEE is disabled (set insecure_allow_sample_tee = true for tests only)"
             )
-        if tee in ("sgx", "tdx", "snp"):
+        if tee in known_tees():
             if self.hardware_verifier is None:
                 return f"no verifier for {tee} evidence is available in this build"
             if tee not in self.hardware_tees:
@@ -104,7 +104,7 @@ class BuiltinAttestationService:
             raise VerificationError(reason)
         digest = runtime_data_digest(runtime_data, tee)
         report_data = expected_report_data(digest, tee)
-        if tee == "sample":
+        if tee == SAMPLE.name:
             tee_claims, simulated = verify_sample_evidence(evidence, report_data), False
         else:
             assert self.hardware_verifier is not None
@@ -119,8 +119,9 @@ class BuiltinAttestationService:
             annotated["simulated"] = True
         if init_data is not None:
             annotated["init_data"], annotated["init_data_claims"] = _init_data(init_data)
-            if tee in INIT_DATA_FIELDS:
-                _check_init_data_binding(tee, tee_claims, annotated["init_data"])
+            init_field = tee_named(tee).init_data_field
+            if init_field is not None:
+                _check_init_data_binding(tee, init_field, tee_claims, annotated["init_data"])
         appraisal = self._appraise(annotated)
         now = int(self.clock())
         claims = ear.ear_claims({"cpu0": (appraisal, annotated)}, now=now, lifetime_s=self.token_lifetime_s)
@@ -215,9 +216,8 @@ def _init_data(init: InitData) -> tuple[str, dict[str, Any]]:
     return _INIT_DATA_HASHES[algorithm](init.body.encode()).hexdigest(), claims
 
 
-def _check_init_data_binding(tee: str, claims: Mapping[str, Any], digest_hex: str) -> None:
+def _check_init_data_binding(tee: str, field: str, claims: Mapping[str, Any], digest_hex: str) -> None:
     """The TEE's init-data field must hold the digest (as Trustee: padded/truncated to the field)."""
-    field = INIT_DATA_FIELDS[tee]
     value = claims.get(field)
     if not isinstance(value, str):
         raise VerificationError(f"{tee} evidence carries no {field} to bind the init-data")

@@ -18,17 +18,20 @@ import rfc8785
 from inclavare.crypto.b64 import b64std_encode
 from inclavare.errors import FormatError, KbsError
 from inclavare.formats.strict_json import loads_strict
+from inclavare.tee.registry import known_tees
 
 PROTOCOL_VERSION = "0.4.0"
 KBS_PREFIX = "/kbs/v0"
 SESSION_COOKIE = "kbs-session-id"
 ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 NONCE_BYTES = 32
-# kbs-types `Tee` (serde names).
+# Wire-format constants (allowed TEE literals, see tests/test_tee_literals.py): kbs-types `Tee`
+# serde names a request may carry, and those whose report data kbs-types does not pad to 64 bytes.
 KNOWN_TEES = frozenset({
     "az-snp-vtpm", "az-tdx-vtpm", "nvidia", "sgx", "snp", "tdx", "cca", "csv", "se",
     "hygondcu", "tpm", "sample", "sampledevice",
 })
+UNPADDED_TEES = frozenset({"sample", "sampledevice"})
 HARDWARE_REPORT_DATA_LEN = 64
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 
@@ -73,7 +76,7 @@ def parse_request(body: bytes) -> AuthRequest:
         raise auth_error(
             f"KBS Client Protocol Version Mismatch: expect ={PROTOCOL_VERSION} while the request is {version}"
         )
-    if tee not in KNOWN_TEES:
+    if tee not in KNOWN_TEES and tee not in known_tees():
         raise auth_error(f"deserialize Request: unknown tee {tee[:40]!r}")
     return AuthRequest(version, tee, doc.get("extra-params", ""))
 
@@ -141,7 +144,7 @@ def runtime_data_digest(doc: Mapping[str, Any], tee: str) -> bytes:
 
 def expected_report_data(digest: bytes, tee: str) -> bytes:
     """What the TEE report must carry: hardware TEEs zero-pad to 64 bytes; ``sample`` does not."""
-    if tee in ("sample", "sampledevice"):
+    if tee in UNPADDED_TEES:
         return digest
     return digest.ljust(HARDWARE_REPORT_DATA_LEN, b"\0")
 
