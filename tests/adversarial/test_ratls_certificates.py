@@ -28,6 +28,7 @@ from inclavare.errors import ConfigError
 from inclavare.formats.der import BIT_STRING, SEQUENCE, encode_sequence, encode_tlv
 from inclavare.formats.x509_view import CertificateView
 from inclavare.ratls.attester import SimAuthorityAttester
+from inclavare.ratls.issuers import IssuerCa
 from inclavare.ratls.certificate import (
     OID_TCG_DICE_EVIDENCE,
     RatlsCertificateError,
@@ -204,7 +205,6 @@ def _endorsed(authority: SimAuthority, ca: x509.Certificate, ca_key: ec.Elliptic
 
 
 def _issuer(ca: x509.Certificate) -> IssuerCa:
-    from inclavare.ratls.issuers import IssuerCa
 
     return IssuerCa.from_der(ca.public_bytes(Encoding.DER))
 

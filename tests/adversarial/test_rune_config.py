@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BundleFactory
-from tests.enclave.conftest import agent  # noqa: F401  (the module's node agent)
 from tests.support.agent import AgentProcess
 
 pytestmark = pytest.mark.root

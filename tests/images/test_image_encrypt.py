@@ -16,9 +16,9 @@ import pytest
 from inclavare.images.annotation_packet import AnnotationPacket, unwrap
 from inclavare.sample_images import build_busybox_rootfs, build_oci_archive
 from inclavare.services.kbs_client import KbsClient
+from inclavare.tee.sample import SampleAttester
 from tests.images.registry import Registry
-from tests.kbs.kbs_harness import ADMIN_AUDIENCE, ALLOW_ALL, KbsProcess, config_text, sample_evidence, \
-    write_admin_keys
+from tests.kbs.kbs_harness import ADMIN_AUDIENCE, ALLOW_ALL, KbsProcess, config_text, write_admin_keys
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_cmd_form_encrypts_to_the_registry_and_decrypts_back(world: dict[str, An
     assert "org.opencontainers.image.enc.pubopts" in layer["annotations"]
 
     # the KBS holds the key: an attested workload obtains it and it opens the wrapped layer key
-    with KbsClient(world["kbs"].url, lambda rd: ("sample", sample_evidence(rd)), tee="sample") as client:
+    with KbsClient(world["kbs"].url, SampleAttester()) as client:
         kek = client.get_resource(KID)
     opts = json.loads(unwrap(packet, kek))
     assert set(opts) >= {"symkey", "cipheroptions"}
