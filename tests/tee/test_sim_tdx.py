@@ -33,11 +33,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
-    return SimAuthority.load_or_create(str(tmp_path_factory.mktemp("sim")))
-
-
 def _trust(authority: SimAuthority) -> TrustConfig:
     return TrustConfig(sgx_root_cas=(authority.root_ca,), collateral=(authority.collateral(), authority.tdx_collateral()))
 

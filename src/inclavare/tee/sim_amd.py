@@ -31,6 +31,7 @@ from inclavare.crypto.signatures import sign_p384_le
 from inclavare.errors import ConfigError, FormatError, StoreError
 from inclavare.formats.der import encode_integer, encode_tlv
 from inclavare.formats.snp import AMD_OID, VCEK_HWID_OID, VCEK_SPL_OIDS, SnpTcb, build_snp_report
+from inclavare.tee.sim_authority import read_state
 from inclavare.tee.sim_pki import ORGANIZATION
 
 _PRODUCT = "Milan"
@@ -145,11 +146,7 @@ class SimAmdAuthority:
     @classmethod
     def _load(cls, state_dir: str) -> SimAmdAuthority:
         def read(filename: str) -> bytes:
-            try:
-                with open(os.path.join(state_dir, filename), "rb") as handle:
-                    return handle.read()
-            except OSError as exc:
-                raise StoreError(f"simulated AMD authority state is incomplete: {exc}") from exc
+            return read_state(state_dir, filename, "simulated AMD authority")
 
         try:
             ask_key = serialization.load_pem_private_key(read(_FILES[1]), None)

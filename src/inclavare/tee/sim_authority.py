@@ -94,6 +94,15 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def read_state(state_dir: str, filename: str, what: str = "simulated authority") -> bytes:
+    """A state file's bytes; a missing or unreadable one is a one-line StoreError."""
+    try:
+        with open(os.path.join(state_dir, filename), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise StoreError(f"{what} state is incomplete: {exc}") from exc
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -231,11 +240,7 @@ class SimAuthority:
     @classmethod
     def _load(cls, state_dir: str, clock: Clock) -> SimAuthority:
         def read(filename: str) -> bytes:
-            try:
-                with open(os.path.join(state_dir, filename), "rb") as handle:
-                    return handle.read()
-            except OSError as exc:
-                raise StoreError(f"simulated authority state is incomplete: {exc}") from exc
+            return read_state(state_dir, filename)
 
         try:
             keys_raw = [serialization.load_pem_private_key(read(f), None) for f in _KEY_FILES]
