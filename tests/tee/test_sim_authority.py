@@ -33,11 +33,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
-    return SimAuthority.load_or_create(str(tmp_path_factory.mktemp("sim")))
-
-
 def test_quote_verifies_under_the_simulated_root(authority: SimAuthority) -> None:
     quote = authority.quote(MR_ENCLAVE, NONCE, isv_prod_id=7, isv_svn=3)
     result = verify_quote(quote, authority.collateral(), now=_now(), trust_anchors=[authority.root_ca])

@@ -23,7 +23,7 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     "policy/reference_values.py": (frozenset({"sample"}),
                                    "wire format: Trustee RVPS message type 'sample', not a TEE"),
     "runtime/epc_need.py": (frozenset({"sgx"}), "wire format: the 'sgx' table of a Gramine manifest"),
-    "verify/snp.py": (frozenset({"snp"}), "wire format: the SNP firmware component of AMD's TCB version"),
+    "formats/snp.py": (frozenset({"snp"}), "wire format: the SNP firmware component of AMD's TCB version"),
     # 'sim' below is the simulated enclave *type and runtime* (OCI annotation enclave.type=sim,
     # rune's built-in PAL, the authority's state directory, the CLI's subcommand/choice names),
     # not a TEE: the enclave type that selects a TEE is items 2-3 of issue 12.

@@ -176,6 +176,13 @@ def sign_p256_raw(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
+def sign_p384_le(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    """ECDSA P-384/SHA-384 signature as AMD SEV-SNP reports carry it: R‖S, each 72 bytes
+    little-endian (zero-padded)."""
+    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA384())))
+    return r.to_bytes(72, "little") + s.to_bytes(72, "little")
+
+
 def verify_p384_sha384(key: object, message: bytes, r: int, s: int) -> None:
     """Verify an ECDSA P-384/SHA-384 signature given as integers (SEV-SNP reports).
     Raises SignatureError, also when ``key`` is not a P-384 public key."""

@@ -18,6 +18,11 @@ REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
 _POLICY_RESERVED_ONE = 1 << 17
+AMD_OID = "1.3.6.1.4.1.3704.1"
+VCEK_SPL_OIDS = {"bootloader": f"{AMD_OID}.3.1", "tee": f"{AMD_OID}.3.2", "snp": f"{AMD_OID}.3.3",
+                 "microcode": f"{AMD_OID}.3.8"}
+"""The VCEK extensions certifying each SPL of the reported TCB (named as :class:`SnpTcb`'s fields)."""
+VCEK_HWID_OID = f"{AMD_OID}.4"
 
 
 def _mbz(data: bytes, start: int, end: int) -> None:
@@ -170,17 +175,28 @@ def build_snp_report(
     host_data: bytes = bytes(32),
     cpuid_fms: bytes = bytes(3),
     signature: bytes = bytes(144),
+    family_id: bytes = bytes(16),
+    image_id: bytes = bytes(16),
+    platform_info: int = 0,
+    report_id: bytes = bytes(32),
 ) -> SnpReport:
-    """Assemble a report (for tests and tools); ``signature`` = R‖S little-endian, 72 bytes each."""
+    """Assemble a report (for tests and the simulated SNP authority); ``signature`` = R‖S
+    little-endian, 72 bytes each (sign ``signed_bytes`` of an unsigned one)."""
     if len(report_data) != 64 or len(measurement) != 48 or len(chip_id) != 64 or len(host_data) != 32:
         raise FormatError("report_data 64, measurement 48, chip_id 64, host_data 32 bytes")
+    if len(family_id) != 16 or len(image_id) != 16 or len(report_id) != 32 or len(cpuid_fms) != 3:
+        raise FormatError("family_id and image_id 16, report_id 32, cpuid_fms 3 bytes")
     raw = bytearray(REPORT_SIZE)
-    _HEAD.pack_into(raw, 0, version, guest_svn, policy, bytes(16), bytes(16), vmpl,
-                    SIGNATURE_ALGO_ECDSA_P384_SHA384, reported_tcb, 0, 0)
+    try:
+        _HEAD.pack_into(raw, 0, version, guest_svn, policy, family_id, image_id, vmpl,
+                        SIGNATURE_ALGO_ECDSA_P384_SHA384, reported_tcb, platform_info, 0)
+        struct.pack_into("<Q", raw, 0x180, reported_tcb)
+    except struct.error as exc:
+        raise FormatError(f"SNP report field out of range: {exc}") from exc
     raw[0x50:0x90] = report_data
     raw[0x90:0xC0] = measurement
     raw[0xC0:0xE0] = host_data
-    struct.pack_into("<Q", raw, 0x180, reported_tcb)
+    raw[0x140:0x160] = report_id
     if version >= 3:
         raw[0x188:0x18B] = cpuid_fms
     raw[0x1A0:0x1E0] = chip_id

@@ -7,7 +7,9 @@ is never Intel's and nothing trusts it unless configured to), a PCK Platform CA,
 certificate with the real SGX extension, a TCB signing certificate, a simulated quoting enclave
 (QE report signed by the PCK key) and its attestation key. It issues collateral — CRLs, TCB Info,
 QE Identity — with validity windows and re-issues it when it nears expiry, so a long-lived
-installation keeps verifying. :meth:`SimAuthority.quote` produces SGX ECDSA quotes v3.
+installation keeps verifying. :meth:`SimAuthority.quote` produces SGX ECDSA quotes v3;
+:meth:`SimAuthority.td_quote` TDX quotes v4/v5 of a simulated TD, by a simulated TD quoting enclave
+(same PCK, ISVPRODID 2) and with TDX collateral (TDX TCB Info, TD QE Identity) beside the SGX one.
 
 The simulation offers no protection: whoever reads ``state_dir`` can mint quotes.
 """
@@ -37,10 +39,17 @@ from inclavare.formats.quote import (
     CertificationData,
     QeReportCertificationData,
     build_sgx_quote,
+    build_tdx_quote,
 )
-from inclavare.formats.report_body import EnclaveReport
+from inclavare.formats.report_body import EnclaveReport, TdReport10
 from inclavare.formats.tcb_info import parse_tcb_info
-from inclavare.tee.sim_collateral import QuotingEnclaveFacts, SigningKeys, issue_collateral
+from inclavare.tee.sim_collateral import (
+    SIM_TDX_MODULE_SIGNER,
+    SIM_TEE_TCB_SVN,
+    QuotingEnclaveFacts,
+    SigningKeys,
+    issue_collateral,
+)
 from inclavare.tee.sim_pki import (
     PlatformFacts,
     issue_ca,
@@ -59,10 +68,17 @@ SIM_CPU_SVN = bytes([3, 3, 2, 2, 4, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0])
 SIM_PCE_SVN = 11
 SIM_QE_ISV_PROD_ID = 1
 SIM_QE_ISV_SVN = 8
+SIM_TD_QE_ISV_PROD_ID = 2  # Intel's TD QE is ISVPRODID 2
 DEFAULT_ENCLAVE_SIGNER = hashlib.sha256(b"inclavare simulated enclave signer").digest()
 DEFAULT_ENCLAVE_ATTRIBUTES = bytes.fromhex("0500000000000000e700000000000000")
 _QE_ATTRIBUTES = bytes.fromhex("1500000000000000e700000000000000")
 _QE_MRENCLAVE = hashlib.sha256(b"inclavare simulated quoting enclave").digest()
+_TD_QE_MRENCLAVE = hashlib.sha256(b"inclavare simulated TD quoting enclave").digest()
+_TDX_MODULE_MRSEAM = hashlib.sha384(b"inclavare simulated TDX module").digest()
+# TD_ATTRIBUTES with only SEPT_VE_DISABLE (bit 28) set, as a production TD; XFAM of a common guest.
+DEFAULT_TD_ATTRIBUTES = (1 << 28).to_bytes(8, "little")
+DEFAULT_XFAM = bytes.fromhex("e702060000000000")
+_SGX_COLLATERAL, _TDX_COLLATERAL = "collateral.json", "tdx-collateral.json"
 
 _KEY_FILES = ("root-ca.key", "pck-ca.key", "pck.key", "tcb-signing.key", "attestation.key")
 _CERT_FILES = ("root-ca.pem", "pck-ca.pem", "pck.pem", "tcb-signing.pem")
@@ -76,6 +92,15 @@ def _utcnow() -> dt.datetime:
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def read_state(state_dir: str, filename: str, what: str = "simulated authority") -> bytes:
+    """A state file's bytes; a missing or unreadable one is a one-line StoreError."""
+    try:
+        with open(os.path.join(state_dir, filename), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise StoreError(f"{what} state is incomplete: {exc}") from exc
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -123,6 +148,10 @@ class _Identity:
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"corrupt simulated authority state (authority.json): {exc}") from exc
 
+    def td_qe(self) -> QuotingEnclaveFacts:
+        """The simulated TD quoting enclave: the QE's signer and SVN, Intel's TD QE product id."""
+        return QuotingEnclaveFacts(self.qe.mrsigner, SIM_TD_QE_ISV_PROD_ID, self.qe.isv_svn)
+
     @classmethod
     def fresh(cls) -> _Identity:
         platform = PlatformFacts(ppid=secrets.token_bytes(16), cpu_svn=SIM_CPU_SVN, pce_svn=SIM_PCE_SVN,
@@ -137,7 +166,7 @@ class SimAuthority:
 
     def __init__(self, state_dir: str, identity: _Identity, keys: SigningKeys,
                  pck: x509.Certificate, pck_key: ec.EllipticCurvePrivateKey,
-                 attestation_key: ec.EllipticCurvePrivateKey, collateral: Collateral,
+                 attestation_key: ec.EllipticCurvePrivateKey, collateral: tuple[Collateral, Collateral],
                  clock: Clock) -> None:
         self._state_dir = state_dir
         self._identity = identity
@@ -146,18 +175,23 @@ class SimAuthority:
         self._clock = clock
         self._lock = threading.Lock()
         self._collateral = collateral
-        self._collateral_next_update = self._next_update(collateral)
+        self._collateral_next_update = self._next_update(collateral[0])
         xy = attestation_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
         self._attestation_xy = xy
         chain = b"".join(c.public_bytes(Encoding.PEM) for c in (pck, keys.pck_ca, keys.root))
-        qe_report = EnclaveReport.build(
-            mr_enclave=_QE_MRENCLAVE, mr_signer=identity.qe.mrsigner,
-            report_data=hashlib.sha256(xy + identity.qe_auth_data).digest() + bytes(32),
-            isv_prod_id=identity.qe.isv_prod_id, isv_svn=identity.qe.isv_svn,
-            attributes=_QE_ATTRIBUTES, cpu_svn=identity.platform.cpu_svn)
-        self._qe = QeReportCertificationData(
-            qe_report, sign_p256_raw(pck_key, qe_report.to_bytes()), identity.qe_auth_data,
-            CertificationData(CERT_TYPE_PCK_CHAIN, chain + b"\0"))
+
+        def qe_data(mr_enclave: bytes, qe: QuotingEnclaveFacts) -> QeReportCertificationData:
+            report = EnclaveReport.build(
+                mr_enclave=mr_enclave, mr_signer=qe.mrsigner,
+                report_data=hashlib.sha256(xy + identity.qe_auth_data).digest() + bytes(32),
+                isv_prod_id=qe.isv_prod_id, isv_svn=qe.isv_svn,
+                attributes=_QE_ATTRIBUTES, cpu_svn=identity.platform.cpu_svn)
+            return QeReportCertificationData(
+                report, sign_p256_raw(pck_key, report.to_bytes()), identity.qe_auth_data,
+                CertificationData(CERT_TYPE_PCK_CHAIN, chain + b"\0"))
+
+        self._qe = qe_data(_QE_MRENCLAVE, identity.qe)
+        self._td_qe = qe_data(_TD_QE_MRENCLAVE, identity.td_qe())
 
     # -- construction -------------------------------------------------------------------------
 
@@ -206,11 +240,7 @@ class SimAuthority:
     @classmethod
     def _load(cls, state_dir: str, clock: Clock) -> SimAuthority:
         def read(filename: str) -> bytes:
-            try:
-                with open(os.path.join(state_dir, filename), "rb") as handle:
-                    return handle.read()
-            except OSError as exc:
-                raise StoreError(f"simulated authority state is incomplete: {exc}") from exc
+            return read_state(state_dir, filename)
 
         try:
             keys_raw = [serialization.load_pem_private_key(read(f), None) for f in _KEY_FILES]
@@ -224,15 +254,19 @@ class SimAuthority:
             keys.append(key)
         identity = _Identity.from_json(read("authority.json").decode("utf-8", "replace"))
         signing = SigningKeys(certs[0], keys[0], certs[1], keys[1], certs[3], keys[3])
-        collateral = cls._stored_collateral(state_dir)
+        stored = [cls._stored_collateral(state_dir, f) for f in (_SGX_COLLATERAL, _TDX_COLLATERAL)]
         now = clock()
-        if collateral is None or cls._next_update(collateral) - now < REISSUE_MARGIN:
+        collateral: tuple[Collateral, Collateral]
+        if stored[0] is None or stored[1] is None or min(
+                cls._next_update(c) for c in stored if c is not None) - now < REISSUE_MARGIN:
             collateral = cls._reissue(state_dir, signing, identity, now)
+        else:
+            collateral = (stored[0], stored[1])
         return cls(state_dir, identity, signing, certs[2], keys[2], keys[4], collateral, clock)
 
     @staticmethod
-    def _stored_collateral(state_dir: str) -> Collateral | None:
-        path = os.path.join(state_dir, "collateral.json")
+    def _stored_collateral(state_dir: str, filename: str) -> Collateral | None:
+        path = os.path.join(state_dir, filename)
         try:
             with open(path, "rb") as handle:
                 return Collateral.from_json(handle.read())
@@ -242,11 +276,15 @@ class SimAuthority:
             return None  # re-issued below
 
     @staticmethod
-    def _reissue(state_dir: str, keys: SigningKeys, identity: _Identity, now: dt.datetime) -> Collateral:
-        collateral = issue_collateral(keys, identity.platform, identity.qe, now - CLOCK_SKEW,
-                                      COLLATERAL_LIFETIME, identity.evaluation_number)
-        write_atomic(os.path.join(state_dir, "collateral.json"), collateral.to_json().encode())
-        return collateral
+    def _reissue(state_dir: str, keys: SigningKeys, identity: _Identity,
+                 now: dt.datetime) -> tuple[Collateral, Collateral]:
+        """SGX and TDX collateral, re-issued together (one expiry for both)."""
+        sgx, tdx = (issue_collateral(keys, identity.platform, qe, now - CLOCK_SKEW, COLLATERAL_LIFETIME,
+                                     identity.evaluation_number, tdx=is_tdx)
+                    for qe, is_tdx in ((identity.qe, False), (identity.td_qe(), True)))
+        write_atomic(os.path.join(state_dir, _SGX_COLLATERAL), sgx.to_json().encode())
+        write_atomic(os.path.join(state_dir, _TDX_COLLATERAL), tdx.to_json().encode())
+        return sgx, tdx
 
     @staticmethod
     def _next_update(collateral: Collateral) -> dt.datetime:
@@ -268,15 +306,22 @@ class SimAuthority:
     def fmspc(self) -> bytes:
         return self._identity.platform.fmspc
 
-    def collateral(self) -> Collateral:
-        """Current collateral, re-issued (re-signed with fresh dates) when it nears expiry."""
+    def _current_collateral(self) -> tuple[Collateral, Collateral]:
         now = self._clock()
         with self._lock:
             if self._collateral_next_update - now < REISSUE_MARGIN:
                 with locked(os.path.join(self._state_dir, ".lock")):
                     self._collateral = self._reissue(self._state_dir, self._keys, self._identity, now)
-                self._collateral_next_update = self._next_update(self._collateral)
+                self._collateral_next_update = self._next_update(self._collateral[0])
             return self._collateral
+
+    def collateral(self) -> Collateral:
+        """Current SGX collateral, re-issued (re-signed with fresh dates) when it nears expiry."""
+        return self._current_collateral()[0]
+
+    def tdx_collateral(self) -> Collateral:
+        """Current TDX collateral (TDX TCB Info, TD QE Identity), re-issued with the SGX one."""
+        return self._current_collateral()[1]
 
     def quote(
         self,
@@ -307,9 +352,50 @@ class SimAuthority:
             user_data=self._identity.qe_id + bytes(4))
         return quote.to_bytes()
 
+    def td_quote(
+        self,
+        mr_td: bytes,
+        report_data: bytes,
+        *,
+        rtmrs: tuple[bytes, bytes, bytes, bytes] = (bytes(48),) * 4,
+        mr_config_id: bytes = bytes(48),
+        mr_owner: bytes = bytes(48),
+        mr_owner_config: bytes = bytes(48),
+        td_attributes: bytes = DEFAULT_TD_ATTRIBUTES,
+        xfam: bytes = DEFAULT_XFAM,
+        version: int = 4,
+    ) -> bytes:
+        """A TDX quote (v4, or v5 with body type 2) for a simulated TD measured as ``mr_td``;
+        ``report_data`` (≤ 64 bytes) is zero-padded to 64 bytes as attesters do."""
+        sizes = {"mr_td": (mr_td, 48), "mr_config_id": (mr_config_id, 48), "mr_owner": (mr_owner, 48),
+                 "mr_owner_config": (mr_owner_config, 48), "td_attributes": (td_attributes, 8),
+                 "xfam": (xfam, 8)}
+        for what, (value, size) in sizes.items():
+            if not isinstance(value, bytes) or len(value) != size:
+                raise ConfigError(f"{what} is {size} bytes")
+        if len(rtmrs) != 4 or any(not isinstance(r, bytes) or len(r) != 48 for r in rtmrs):
+            raise ConfigError("rtmrs are four 48-byte registers")
+        if not isinstance(report_data, bytes) or len(report_data) > 64:
+            raise ConfigError("report_data is at most 64 bytes")
+        if version not in (4, 5):
+            raise ConfigError("TDX quotes are version 4 or 5")
+        body = TdReport10(
+            tee_tcb_svn=SIM_TEE_TCB_SVN, mr_seam=_TDX_MODULE_MRSEAM, mr_signer_seam=SIM_TDX_MODULE_SIGNER,
+            seam_attributes=bytes(8), td_attributes=td_attributes, xfam=xfam, mr_td=mr_td,
+            mr_config_id=mr_config_id, mr_owner=mr_owner, mr_owner_config=mr_owner_config,
+            rt_mr0=rtmrs[0], rt_mr1=rtmrs[1], rt_mr2=rtmrs[2], rt_mr3=rtmrs[3],
+            report_data=report_data.ljust(64, b"\0"))
+        quote = build_tdx_quote(
+            body, attestation_key=self._attestation_xy,
+            sign=lambda message: sign_p256_raw(self._attestation_key, message), qe=self._td_qe,
+            version=version, user_data=self._identity.qe_id + bytes(4))
+        return quote.to_bytes()
+
     def export(self, out_dir: str) -> None:
-        """Write ``root-ca.pem`` and ``collateral.json`` (what ``inclavare verify`` takes)."""
+        """Write ``root-ca.pem``, ``collateral.json`` (what ``inclavare verify`` takes) and
+        ``tdx-collateral.json`` (the same for TD quotes)."""
         os.makedirs(out_dir, exist_ok=True)
+        sgx, tdx = self._current_collateral()
         write_atomic(os.path.join(out_dir, "root-ca.pem"), self.root_ca_pem.encode(), mode=0o644)
-        write_atomic(os.path.join(out_dir, "collateral.json"), self.collateral().to_json().encode(),
-                     mode=0o644)
+        write_atomic(os.path.join(out_dir, _SGX_COLLATERAL), sgx.to_json().encode(), mode=0o644)
+        write_atomic(os.path.join(out_dir, _TDX_COLLATERAL), tdx.to_json().encode(), mode=0o644)

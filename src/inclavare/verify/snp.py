@@ -23,11 +23,13 @@ from inclavare.errors import (
 )
 from inclavare.formats.der import INTEGER, DerReader
 from inclavare.formats.rfc3339 import unix_seconds
-from inclavare.formats.snp import SIGNATURE_ALGO_ECDSA_P384_SHA384, SnpReport, parse_snp_report
-
-_AMD = "1.3.6.1.4.1.3704.1"
-_SPL_OIDS = {"bootloader": f"{_AMD}.3.1", "tee": f"{_AMD}.3.2", "snp": f"{_AMD}.3.3", "microcode": f"{_AMD}.3.8"}
-_HWID_OID = f"{_AMD}.4"
+from inclavare.formats.snp import (
+    SIGNATURE_ALGO_ECDSA_P384_SHA384,
+    VCEK_HWID_OID,
+    VCEK_SPL_OIDS,
+    SnpReport,
+    parse_snp_report,
+)
 
 
 class MalformedSnpReport(VerificationError, FormatError):
@@ -127,13 +129,12 @@ def _check_signature(report: SnpReport, vcek: x509.Certificate) -> None:
 
 def _check_vcek_binding(report: SnpReport, vcek: x509.Certificate) -> None:
     tcb = report.reported_tcb
-    expected = {"bootloader": tcb.bootloader, "tee": tcb.tee, "snp": tcb.snp, "microcode": tcb.microcode}
-    for name, oid in _SPL_OIDS.items():
-        certified = _spl(vcek, oid)
-        if certified is not None and certified != expected[name]:
-            raise VerificationError(f"reported TCB {name} SPL {expected[name]} differs from the VCEK's {certified}")
+    for name, oid in VCEK_SPL_OIDS.items():
+        certified, reported = _spl(vcek, oid), getattr(tcb, name)
+        if certified is not None and certified != reported:
+            raise VerificationError(f"reported TCB {name} SPL {reported} differs from the VCEK's {certified}")
     try:
-        hwid = vcek.extensions.get_extension_for_oid(x509.ObjectIdentifier(_HWID_OID)).value
+        hwid = vcek.extensions.get_extension_for_oid(x509.ObjectIdentifier(VCEK_HWID_OID)).value
     except x509.ExtensionNotFound:
         return
     if isinstance(hwid, x509.UnrecognizedExtension) and report.signer_info & 2 == 0 \

@@ -91,7 +91,7 @@ class BuiltinAttestationService:
                 return f"no verifier for {tee} evidence is available in this build"
             if tee not in self.hardware_tees:
                 return (f"nothing is configured to verify {tee} evidence (see [attestation] "
-                        "sgx_collateral, amd_ask_ark, insecure_sim_trust_anchor)")
+                        "sgx_collateral, amd_ask_ark, insecure_sim_trust_anchor, insecure_sim_amd_ask_ark)")
             return None
         return f"TEE {tee!r} is not supported by this attestation service"
 

@@ -45,6 +45,7 @@ class AttestationConfig:
     token_lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME_S
     insecure_sim_trust_anchor: str | None = None
     insecure_sim_collateral: str | None = None
+    insecure_sim_amd_ask_ark: str | None = None
     sgx_collateral: str | None = None
     amd_ask_ark: tuple[str, ...] = ()
     amd_vceks: tuple[str, ...] = ()
@@ -88,7 +89,7 @@ _TLS_ALIASES = {"cert": "tls_certificate", "key": "tls_private_key"}
 MAX_WORKERS = 64
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
-    "insecure_sim_collateral": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
+    "insecure_sim_collateral": str, "insecure_sim_amd_ask_ark": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
 }
 _LIMITS = {
     "request_timeout_seconds": (int, float), "keep_alive_timeout_seconds": (int, float),
@@ -245,6 +246,7 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             token_lifetime_seconds=lifetime,
             insecure_sim_trust_anchor=anchor,
             insecure_sim_collateral=collateral,
+            insecure_sim_amd_ask_ark=_path(base_dir, att.get("insecure_sim_amd_ask_ark")),
             sgx_collateral=_path(base_dir, att.get("sgx_collateral")),
             amd_ask_ark=_paths(base_dir, att.get("amd_ask_ark", []), "amd_ask_ark"),
             amd_vceks=_paths(base_dir, att.get("amd_vceks", []), "amd_vceks"),

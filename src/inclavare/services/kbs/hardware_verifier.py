@@ -2,9 +2,11 @@
 
 Bridges to ``inclavare.verify.evidence.verify_evidence``. Evidence is first verified against the
 real roots (Intel SGX Root CA with the configured DCAP collateral; AMD ASK/ARK chains for SNP).
-Only if that fails and the simulated TEE's root is configured
-(``insecure_sim_trust_anchor``) is it verified against the simulated root, and then the result is
-marked ``simulated`` so policies (and the default resource policy) can tell. Collateral files
+Only if that fails and the simulated TEE's roots are configured (``insecure_sim_trust_anchor`` with
+``insecure_sim_collateral`` for SGX, and for TDX when that collateral includes the simulated
+authority's TDX collateral, e.g. its exported directory; ``insecure_sim_amd_ask_ark`` for SNP) is it
+verified against the simulated roots, and then the result is marked ``simulated`` so policies (and
+the default resource policy) can tell. Collateral files
 are re-read when they change on disk (``inclavare.verify.trust_files``).
 """
 
@@ -17,15 +19,16 @@ from typing import Any
 from inclavare.errors import FormatError, InclavareError, VerificationError
 from inclavare.services.kbs.attestation_service import HardwareVerifier
 from inclavare.services.kbs.config import AttestationConfig
-from inclavare.tee.registry import SGX
+from inclavare.tee.registry import SGX, SNP, TDX
 from inclavare.verify.evidence import TrustConfig, verify_evidence
 from inclavare.verify.table import ready_tees
 from inclavare.verify.trust_files import load_trust
 
 log = logging.getLogger("inclavare.kbs")
 
-# The simulated authority issues SGX quotes only: the simulated root is tried for these TEEs.
-SIMULATED_TEES = frozenset({SGX.name})
+# The simulated authorities issue SGX and TDX quotes and SNP reports: the simulated roots are tried
+# for these TEEs (each only when its simulated anchor is configured).
+SIMULATED_TEES = frozenset({SGX.name, TDX.name, SNP.name})
 
 
 def _real_trust(config: AttestationConfig) -> TrustConfig:
@@ -34,18 +37,25 @@ def _real_trust(config: AttestationConfig) -> TrustConfig:
 
 
 def _sim_trust(config: AttestationConfig) -> TrustConfig | None:
-    if not (config.insecure_sim_trust_anchor and config.insecure_sim_collateral):
+    """The simulated roots (None when none is configured: fail closed)."""
+    anchor, collateral, amd = (config.insecure_sim_trust_anchor, config.insecure_sim_collateral,
+                               config.insecure_sim_amd_ask_ark)
+    dcap = anchor is not None and collateral is not None
+    if not dcap and amd is None:
         return None
-    return load_trust(roots=(config.insecure_sim_trust_anchor,), collateral_source=config.insecure_sim_collateral,
-                      first_root_only=True)
+    return load_trust(roots=(anchor,) if anchor is not None and dcap else (),
+                      collateral_source=collateral if dcap else None,
+                      amd_chains=(amd,) if amd is not None else (), first_root_only=True)
+
+
+def _sim_tees(sim: TrustConfig | None) -> frozenset[str]:
+    return ready_tees(sim) & SIMULATED_TEES if sim is not None else frozenset()
 
 
 def configured_tees(config: AttestationConfig) -> frozenset[str]:
     """The hardware TEEs this configuration can verify at all."""
-    tees = set(ready_tees(_real_trust(config)))  # start-up only: the files are read once more
-    if config.insecure_sim_trust_anchor:
-        tees |= SIMULATED_TEES
-    return frozenset(tees)
+    # start-up only: the files are read once more
+    return frozenset(ready_tees(_real_trust(config)) | _sim_tees(_sim_trust(config)))
 
 
 def build_hardware_verifier(config: AttestationConfig) -> HardwareVerifier | None:
@@ -54,18 +64,19 @@ def build_hardware_verifier(config: AttestationConfig) -> HardwareVerifier | Non
     real = _real_trust(config)
     real_tees = ready_tees(real)
     sim = _sim_trust(config)
+    sim_tees = _sim_tees(sim)
 
     def verify(tee: str, evidence: Any, report_data: bytes, now: dt.datetime) -> tuple[dict[str, Any], bool]:
         if not isinstance(evidence, dict):
             raise FormatError(f"{tee} evidence must be a JSON object")
         try:
-            if tee in real_tees or sim is None or tee not in SIMULATED_TEES:
+            if tee in real_tees or sim is None or tee not in sim_tees:
                 verdict = verify_evidence(tee, evidence, report_data=report_data, trust=real, now=now)
             else:  # nothing real is configured for this TEE: skip straight to the simulated root
                 raise VerificationError(f"no real {tee} collateral is configured")
             simulated = False
         except InclavareError as real_error:
-            if sim is None or tee not in SIMULATED_TEES:
+            if sim is None or tee not in sim_tees:
                 raise
             try:
                 verdict = verify_evidence(tee, evidence, report_data=report_data, trust=sim, now=now)

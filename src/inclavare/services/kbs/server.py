@@ -58,6 +58,10 @@ def warn_insecure(config: KbsConfig) -> None:
         log.warning("INSECURE: insecure_sim_trust_anchor is set: quotes signed by the SIMULATED TEE "
                     "root %s are accepted. This is NOT a TEE and protects nothing; tokens mark such "
                     "evidence \"simulated\": true.", config.attestation.insecure_sim_trust_anchor)
+    if config.attestation.insecure_sim_amd_ask_ark:
+        log.warning("INSECURE: insecure_sim_amd_ask_ark is set: SNP reports signed under the SIMULATED "
+                    "AMD root %s are accepted. This is NOT a TEE and protects nothing; tokens mark such "
+                    "evidence \"simulated\": true.", config.attestation.insecure_sim_amd_ask_ark)
     if config.admin_public_key is None:
         log.warning("no admin_public_key configured: every admin endpoint is denied")
 
