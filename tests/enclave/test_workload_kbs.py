@@ -188,3 +188,45 @@ def test_https_key_broker_pinned_by_the_image_leaves_the_relay_only_ciphertext(
         agent.stop()
         proxy.close()
         kbs.stop()
+
+
+def test_sealed_secrets_open_inside_the_enclave_only_when_signed_by_the_kid(
+        kbs_and_agent: tuple[KbsProcess, AgentProcess], rune_k: Rune, bundle_factory: BundleFactory) -> None:
+    """`attest unseal` in a sim enclave container: the enclave agent fetches the kid's JWK, checks
+    the signature and opens a vault or envelope secret with its own evidence; a wrong kid or a
+    forged signature is refused with one line."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from inclavare.crypto.jwk import jwk_from_public_key
+    from inclavare.secrets import sealed
+
+    kbs, _ = kbs_and_agent
+    key, forger = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    kek = bytes(range(32))
+    for path, data in (("tenant/seal/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
+                       ("tenant/seal/db", b"vault-plaintext\x00\xff"), ("tenant/seal/kek", kek)):
+        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
+    kbs.set_resource_policy(
+        'package policy\nimport rego.v1\ndefault allow := false\n'
+        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
+    kid = "kbs:///tenant/seal/jwk"
+    cases = {
+        "vault": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), key, kid), 0, "vault-plaintext\x00\ufffd"),
+        "envelope": (sealed.seal(sealed.envelope(b"envelope-plaintext", kek, "kbs:///tenant/seal/kek"), key, kid),
+                     0, "envelope-plaintext"),
+        "wrong-kid": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), key, "kbs:///tenant/seal/nothing"), 1,
+                      "cannot get the verification key kbs:///tenant/seal/nothing"),
+        "forged": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), forger, kid), 1,
+                   "signature does not verify with kbs:///tenant/seal/jwk"),
+        "malformed": ("sealed.e30.e30.AAAA", 1, "alg must be 'ES256'"),
+    }
+    for name, (text, rc, expected) in cases.items():
+        r = rune_k("run", "--bundle", bundle_factory([ATTEST, "unseal", text], annotations=SIM), f"unseal-{name}",
+                   errors="replace")
+        assert r.returncode == rc, (name, r.stderr)
+        if rc == 0:
+            assert r.stdout == expected, name
+        else:
+            assert expected in r.stderr and r.stdout == "", (name, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,9 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from inclavare.crypto.b64 import b64std_decode, b64std_encode, b64url_decode, b64url_encode
 from inclavare.crypto.jwk import public_key_from_jwk
 from inclavare.crypto.signatures import verify_p256_raw
-from inclavare.errors import FormatError, InclavareError, SignatureError
+from inclavare.errors import FormatError, InclavareError, KbsError, SignatureError
 from inclavare.formats.strict_json import loads_strict
+from inclavare.services.kbs_client import parse_resource_uri
 
 PREFIX = "sealed."
 VERSION = "0.1.0"
@@ -264,8 +266,6 @@ def _bytes(doc: dict[str, Any], name: str) -> bytes:
 
 
 def _check_kbs_uri(uri: str, what: str) -> None:
-    from inclavare.services.kbs_client import parse_resource_uri
-
     try:
         parse_resource_uri(uri)
     except InclavareError:
@@ -276,3 +276,28 @@ def _check_kid(kid: str) -> None:
     """The kid names the KBS resource holding the public JWK (CoCo also allows a file name under
     /run/confidential-containers/cdh/sealed-secret; that needs a pre-provisioned file, not ours)."""
     _check_kbs_uri(kid, "kid")
+
+
+# -- unsealing (inside the enclave) -----------------------------------------------------------
+
+def unseal(text: object, fetch: Callable[[str], bytes]) -> bytes:
+    """Verify and open a sealed secret as CDH does: ``fetch`` gets a KBS resource with the
+    enclave's own evidence — first the kid's JWK, then the vault resource or the envelope's KEK."""
+    secret = parse(text)
+    try:
+        jwk = loads_strict(_fetch(fetch, secret.kid, "verification key"), f"the verification key {secret.kid}")
+    except FormatError as exc:
+        raise SealedSecretError(f"{exc} (a public JWK is expected there)") from None
+    secret.verify(jwk)
+    if isinstance(secret.payload, Vault):
+        return _fetch(fetch, secret.payload.name, "vault secret")
+    if secret.payload.provider != "kbs":
+        raise SealedSecretError(f"envelope provider {secret.payload.provider!r} is not supported here (only 'kbs')")
+    return secret.payload.open(_fetch(fetch, secret.payload.key_id, "key-encryption key"))
+
+
+def _fetch(fetch: Callable[[str], bytes], uri: str, what: str) -> bytes:
+    try:
+        return fetch(uri)
+    except KbsError as exc:
+        raise KbsError(f"cannot get the {what} {uri}: {exc}", kind=exc.kind, status=exc.status) from None
