@@ -188,3 +188,85 @@ def test_https_key_broker_pinned_by_the_image_leaves_the_relay_only_ciphertext(
         agent.stop()
         proxy.close()
         kbs.stop()
+
+
+def test_sealed_secrets_open_inside_the_enclave_only_when_signed_by_the_kid(
+        kbs_and_agent: tuple[KbsProcess, AgentProcess], rune_k: Rune, bundle_factory: BundleFactory) -> None:
+    """`attest unseal` in a sim enclave container: the enclave agent fetches the kid's JWK, checks
+    the signature and opens a vault or envelope secret with its own evidence; a wrong kid or a
+    forged signature is refused with one line."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from inclavare.crypto.jwk import jwk_from_public_key
+    from inclavare.secrets import sealed
+
+    kbs, _ = kbs_and_agent
+    key, forger = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    kek = bytes(range(32))
+    for path, data in (("tenant/seal/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
+                       ("tenant/seal/db", b"vault-plaintext\x00\xff"), ("tenant/seal/kek", kek)):
+        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
+    kbs.set_resource_policy(
+        'package policy\nimport rego.v1\ndefault allow := false\n'
+        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
+    kid = "kbs:///tenant/seal/jwk"
+    cases = {
+        "vault": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), key, kid), 0, "vault-plaintext\x00\ufffd"),
+        "envelope": (sealed.seal(sealed.envelope(b"envelope-plaintext", kek, "kbs:///tenant/seal/kek"), key, kid),
+                     0, "envelope-plaintext"),
+        "wrong-kid": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), key, "kbs:///tenant/seal/nothing"), 1,
+                      "cannot get the verification key kbs:///tenant/seal/nothing"),
+        "forged": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), forger, kid), 1,
+                   "signature does not verify with kbs:///tenant/seal/jwk"),
+        "malformed": ("sealed.e30.e30.AAAA", 1, "alg must be 'ES256'"),
+    }
+    for name, (text, rc, expected) in cases.items():
+        r = rune_k("run", "--bundle", bundle_factory([ATTEST, "unseal", text], annotations=SIM), f"unseal-{name}",
+                   errors="replace")
+        assert r.returncode == rc, (name, r.stderr)
+        if rc == 0:
+            assert r.stdout == expected, name
+        else:
+            assert expected in r.stderr and r.stdout == "", (name, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_sealed_environment_variables_reach_the_workload_in_plaintext_only_inside(
+        kbs_and_agent: tuple[KbsProcess, AgentProcess], rune_k: Rune, bundle_factory: BundleFactory) -> None:
+    """enclave-init unseals NAME=sealed.… before the workload starts: the bundle (what the host
+    and the cluster admin hold) has only the sealed string; a secret that does not open stops
+    the start with one line, and the workload never runs."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from inclavare.crypto.jwk import jwk_from_public_key
+    from inclavare.secrets import sealed
+
+    kbs, _ = kbs_and_agent
+    key = ec.generate_private_key(ec.SECP256R1())
+    kek = bytes(range(1, 33))
+    for path, data in (("tenant/env/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
+                       ("tenant/env/db", b"db-pa55word"), ("tenant/env/kek", kek)):
+        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
+    kbs.set_resource_policy(
+        'package policy\nimport rego.v1\ndefault allow := false\n'
+        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
+    kid = "kbs:///tenant/env/jwk"
+    vault = sealed.seal(sealed.Vault("kbs:///tenant/env/db"), key, kid)
+    env_secret = sealed.seal(sealed.envelope(b"api token\n", kek, "kbs:///tenant/env/kek"), key, kid)
+    script = 'printf "%s|%s|%s|" "$DB" "$TOKEN" "$PLAIN"; env | grep -c "=sealed\\." || true'
+    bundle = bundle_factory(["/bin/sh", "-c", script], annotations=SIM,
+                            env=["PATH=/bin", f"DB={vault}", f"TOKEN={env_secret}", "PLAIN=sealed-not"])
+    config = Path(bundle, "config.json").read_text()
+    assert vault in config and "db-pa55word" not in config and "api token" not in config
+    r = rune_k("run", "--bundle", bundle, "env-unsealed")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "db-pa55word|api token\n|sealed-not|0\n"
+
+    forged = sealed.seal(sealed.Vault("kbs:///tenant/env/db"), ec.generate_private_key(ec.SECP256R1()), kid)
+    bad = bundle_factory(["/bin/echo", "workload ran"], annotations=SIM, env=["PATH=/bin", f"DB={forged}"])
+    r = rune_k("run", "--bundle", bad, "env-forged")
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert "cannot unseal $DB" in r.stderr and "signature does not verify with kbs:///tenant/env/jwk" in r.stderr
+    assert "the workload is not started" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "inclavare.cli.doctor_cmd",
     "inclavare.cli.explain_cmd",
     "inclavare.cli.image_cmd",
+    "inclavare.cli.secret_cmd",
 )
 
 

@@ -11,6 +11,7 @@
  *   attest evidence [--runtime-data STRING]   print the evidence JSON ({"quote": "<base64>"})
  *   attest token                              print a key broker attestation token
  *   attest resource kbs:///REPO/TYPE/TAG      print the secret stored at that path
+ *   attest unseal SEALED                      print the plaintext of a sealed secret ("-": stdin)
  *
  * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
  * usage errors.
@@ -32,7 +33,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: attest evidence [--runtime-data STRING]\n"
 		"       attest token\n"
-		"       attest resource kbs:///REPO/TYPE/TAG\n");
+		"       attest resource kbs:///REPO/TYPE/TAG\n"
+		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-\n");
 	exit(2);
 }
 
@@ -89,7 +91,14 @@ static int valid_segment(const char *s, size_t len)
 	return 1;
 }
 
+static int request_body(const char *method, const char *path, const char *body, size_t body_size);
+
 static int request(const char *path)
+{
+	return request_body("GET", path, NULL, 0);
+}
+
+static int request_body(const char *method, const char *path, const char *req_body, size_t body_size)
 {
 	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -113,8 +122,10 @@ static int request(const char *path)
 	char *head = malloc(hlen);
 	if (!head)
 		return 1;
-	snprintf(head, hlen, "GET %s HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n\r\n", path);
-	if (write_all(fd, head, strlen(head), 1) < 0 && errno != EPIPE) {
+	snprintf(head, hlen, "%s %s HTTP/1.1\r\nHost: inclavare-agent\r\nConnection: close\r\n"
+		 "Content-Length: %zu\r\n\r\n", method, path, body_size);
+	if ((write_all(fd, head, strlen(head), 1) < 0 ||
+	     (body_size > 0 && write_all(fd, req_body, body_size, 1) < 0)) && errno != EPIPE) {
 		/* EPIPE: the agent answered (e.g. "busy") and closed before reading; read its answer */
 		fprintf(stderr, "attest: write to the enclave agent failed: %s\n", strerror(errno));
 		return 1;
@@ -233,6 +244,26 @@ int main(int argc, char **argv)
 			     (int)lens[1], segs[1], (int)lens[2], segs[2]) >= (int)sizeof(path))
 			return 2;
 		return request(path);
+	}
+	if (strcmp(argv[1], "unseal") == 0 && argc == 3) {
+		const char *sealed = argv[2];
+		size_t n = strlen(sealed);
+		char *in = NULL;
+		if (strcmp(sealed, "-") == 0) {
+			size_t cap = 1 << 20;
+			in = malloc(cap);
+			n = in ? fread(in, 1, cap, stdin) : 0;
+			if (!in || n == cap) {
+				fprintf(stderr, "attest: sealed secret on stdin too large\n");
+				return 2;
+			}
+			sealed = in;
+		}
+		if (n < 7 || strncmp(sealed, "sealed.", 7) != 0) {
+			fprintf(stderr, "attest: a sealed secret starts with 'sealed.'\n");
+			return 2;
+		}
+		return request_body("POST", "/cdh/secret/unseal", sealed, n);
 	}
 	usage();
 	return 2;

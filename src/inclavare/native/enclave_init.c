@@ -10,7 +10,10 @@
  *    a container that never asks for evidence or secrets never pays for the agent's
  *    interpreter. The supervisor restarts the agent on the next connection if it ever exits,
  *    and answers 503 (with the reason on the container's stderr) while it cannot start.
- * 3. Execs PROGRAM in its own place, so the workload is the container's pid 1 exactly as
+ * 3. Unseals the environment: each variable whose value starts with "sealed." (a CoCo sealed
+ *    secret) is replaced by its plaintext, opened by the enclave agent (through the attest
+ *    client); if one cannot be opened the workload does not start (exit 1, one line why).
+ * 4. Execs PROGRAM in its own place, so the workload is the container's pid 1 exactly as
  *    without an enclave: same signals, same exit status, same stdio.
  *
  * The supervisor and the agent live in the container's namespaces and cgroup: in the
@@ -36,6 +39,10 @@
 #define BIN_LINK "/run/inclavare/bin"
 #define BIN_TARGET "rt/tools"
 #define FAILED_START_SECONDS 3
+#define ATTEST BIN_LINK "/attest"
+#define MAX_UNSEALED (1 << 20)
+
+extern char **environ;
 
 static void die(const char *what, const char *arg)
 {
@@ -133,6 +140,82 @@ static void supervise(int lfd, char **agent_argv)
 	}
 }
 
+/* The attest client's output for `attest unseal VALUE` (stdout and stderr, at most
+ * MAX_UNSEALED bytes) in *out, its length in *len; returns its exit status. */
+static int run_unseal(const char *sock_path, const char *value, char **out, size_t *len)
+{
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		die("pipe", NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", NULL);
+	if (pid == 0) {
+		dup2(fds[1], 1);
+		dup2(fds[1], 2);
+		setenv("INCLAVARE_AGENT_SOCKET", sock_path, 1);
+		execl(ATTEST, "attest", "unseal", value, (char *)NULL);
+		fprintf(stderr, "cannot run %s: %s", ATTEST, strerror(errno));
+		_exit(1);
+	}
+	close(fds[1]);
+	char *buf = malloc(MAX_UNSEALED + 1);
+	size_t n = 0;
+	if (!buf)
+		die("malloc", NULL);
+	for (;;) {
+		ssize_t r = read(fds[0], buf + n, MAX_UNSEALED + 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0 || (n += (size_t)r) > MAX_UNSEALED)
+			break;
+	}
+	close(fds[0]);
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	*out = buf;
+	*len = n;
+	return n > MAX_UNSEALED ? 1 : WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+}
+
+/* Replace every NAME=sealed.... in the environment by NAME=plaintext, or exit 1 with one line. */
+static void unseal_environment(const char *sock_path)
+{
+	for (char **e = environ; *e; e++) {
+		char *eq = strchr(*e, '=');
+		if (!eq || strncmp(eq + 1, "sealed.", 7) != 0)
+			continue;
+		int name_len = (int)(eq - *e);
+		char *out = NULL;
+		size_t len = 0;
+		int status = run_unseal(sock_path, eq + 1, &out, &len);
+		if (status == 0 && memchr(out, 0, len)) {
+			fprintf(stderr, "enclave-init: the sealed secret in $%.*s holds a NUL byte, which an environment "
+				"variable cannot; the workload is not started\n", name_len, *e);
+			exit(1);
+		}
+		if (status != 0) {
+			while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
+				len--;
+			for (size_t i = 0; i < len; i++)
+				if (out[i] == '\n')
+					out[i] = ' ';
+			fprintf(stderr, "enclave-init: cannot unseal $%.*s (%.*s); the workload is not started\n",
+				name_len, *e, (int)len, out);
+			exit(1);
+		}
+		char *entry = malloc((size_t)name_len + 2 + len);
+		if (!entry)
+			die("malloc", NULL);
+		memcpy(entry, *e, (size_t)name_len + 1);
+		memcpy(entry + name_len + 1, out, len);
+		entry[name_len + 1 + len] = '\0';
+		*e = entry; /* the sealed string stays nowhere in the workload's environment */
+		free(out);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	int sep = 0;
@@ -178,6 +261,7 @@ int main(int argc, char **argv)
 		_exit(0);
 	}
 	close(lfd);
+	unseal_environment(sock_path);
 	execvp(argv[sep + 1], argv + sep + 1);
 	int err = errno;
 	fprintf(stderr, "enclave-init: cannot execute %s: %s\n", argv[sep + 1], strerror(err));

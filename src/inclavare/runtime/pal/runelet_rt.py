@@ -64,6 +64,8 @@ RUNELET_MODULES = (
     "inclavare.services.enclave_agent.main",
     "inclavare.services.enclave_agent.agent",
     "inclavare.services.kbs_client",
+    "inclavare.secrets.sealed",
+    "cryptography.hazmat.backends.openssl",  # imported lazily by the sealed-secret crypto (key wrap, ECDSA)
     "inclavare.services.http_transport",
     "ssl",  # an https key broker (imported only then)
     "encodings.idna",  # TLS server names: pulls in stringprep and unicodedata

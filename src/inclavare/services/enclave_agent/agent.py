@@ -4,7 +4,10 @@
   (zero-padded to 64): the quote comes from the host's quoting service over report data chosen
   here; ``{"quote": "<base64>"}`` as CoCo's SGX attester emits it;
 * ``GET /aa/token?token_type=kbs`` — ``{"token": ...}``, an attestation token of the key broker;
-* ``GET /cdh/resource/REPO/TYPE/TAG`` — the resource's plaintext bytes.
+* ``GET /cdh/resource/REPO/TYPE/TAG`` — the resource's plaintext bytes;
+* ``POST /cdh/secret/unseal`` (body: a sealed secret) — its plaintext (CDH's UnsealSecret): the
+  signature is checked with the JWK at the kid and the secret opened, all fetched from the KBS
+  with this enclave's evidence; the host relays only ciphertext.
 
 For the last two the agent itself is the key broker client: it generates the TEE key pair here,
 runs the KBS protocol through the node agent's opaque relay with evidence binding its own key
@@ -30,6 +33,7 @@ from inclavare.tee.node_quote import NodeQuoteAttester, NodeQuoteError
 log = logging.getLogger("inclavare.enclave_agent")
 
 RESOURCE_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+[A-Za-z0-9_\-.]*$")
+UNSEAL_PATH = "/cdh/secret/unseal"
 REFUSED = "refused: the enclave agent answers only the processes of its own enclave container"
 # The key broker's CA, pinned by the image (so part of the measurement): an https broker must
 # present a certificate under it. Without the file the image's system CAs apply.
@@ -61,6 +65,10 @@ class EnclaveAgent:
     # -- routes ---------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
+        if request.path == UNSEAL_PATH:
+            if request.method != "POST":
+                raise HttpError(405, f"{UNSEAL_PATH} takes POST with the sealed secret as the body")
+            return Response(200, self._unseal(request.body), "application/octet-stream")
         if request.method != "GET":
             raise HttpError(405, f"{request.method} is not supported here")
         path = request.path
@@ -83,6 +91,18 @@ class EnclaveAgent:
             return Response(200, data, "application/octet-stream")
         raise HttpError(404, f"no such endpoint: {path}")
 
+    def _unseal(self, body: bytes) -> bytes:
+        from inclavare.secrets.sealed import SealedSecretError, unseal
+
+        try:
+            text = body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise HttpError(400, "a sealed secret is ASCII (sealed.HEADER.PAYLOAD.SIGNATURE)") from None
+        try:
+            with self._kbs_lock:
+                return unseal(text, self._client().get_resource)
+        except SealedSecretError as exc:
+            raise HttpError(400, str(exc)) from None
 
     def _client(self) -> Any:
         """The key broker client, made on first use (its imports cost what a container that never

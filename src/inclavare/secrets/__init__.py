@@ -1,0 +1,1 @@
+"""Secrets a tenant hands to enclave workloads through untrusted hands (sealed secrets)."""
