@@ -7,6 +7,7 @@ from typing import Any
 
 from inclavare.cli.output import add_at_option, parse_at, print_fields, text_value
 from inclavare.errors import ConfigError
+from inclavare.verify.trust_files import read_file as _read
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,14 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="the resource to decide on (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the same keys")
     p.set_defaults(handler=_run)
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(16 << 20)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def _token_claims(text: bytes) -> dict[str, Any]:

@@ -105,13 +105,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> bytes:
-    from inclavare.errors import ConfigError
+    from inclavare.verify.trust_files import read_file
 
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_file(path, "file")
 
 
 def _rv_value(text: str) -> Any:

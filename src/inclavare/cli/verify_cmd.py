@@ -18,13 +18,9 @@ from inclavare.errors import ConfigError, VerificationError
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    from inclavare.verify.trust_files import read_file
+
+    return sys.stdin.buffer.read() if path == "-" else read_file(path, what)
 
 
 def _certificates_of(pem: bytes) -> list[dict[str, Any]] | None:

@@ -12,6 +12,7 @@ broker: the same Rego, the same EAR construction.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -39,6 +40,30 @@ SIMULATED_REASON = ("the evidence is SIMULATED (only the simulated authority's r
                     "the default resource policy releases nothing to it")
 
 
+@dataclass(frozen=True)
+class Appraised:
+    """The first appraisal of EAR claims, as the broker signed it."""
+
+    status: str
+    vector: Mapping[str, int]
+    evidence: Mapping[str, Any]  # the annotated evidence
+    tee: str
+    tee_claims: Mapping[str, Any]  # input.<tee>, as policies see it
+
+
+def appraised_evidence(claims: Any) -> Appraised | None:
+    """The first submodule of EAR ``claims``, or None when there is none."""
+    submods = claims.get("submods") if isinstance(claims, Mapping) else None
+    submod = next(iter(submods.values()), None) if isinstance(submods, Mapping) else None
+    if not isinstance(submod, Mapping):
+        return None
+    evidence = submod.get("ear.veraison.annotated-evidence") or {}
+    tee = tee_of_evidence(evidence)
+    raw = evidence.get(tee)
+    return Appraised(str(submod.get("ear.status", "-")), submod.get("ear.trustworthiness-vector") or {},
+                     evidence, tee, raw if isinstance(raw, Mapping) else {})
+
+
 def default_policy(name: str) -> str:
     return resources.files("inclavare.policy").joinpath(name).read_text()
 
@@ -54,17 +79,14 @@ def appraise(annotated: Mapping[str, Any], attestation_policy: str, reference_va
 def explain(claims: Mapping[str, Any], *, resource_policy: str, resource: list[str],
             reference_values: Mapping[str, Any] | None = None, default_resource_policy: bool = True) -> dict[str, Any]:
     """The trace for EAR ``claims`` (from a token, or from :func:`appraise`)."""
-    submod = next(iter((claims.get("submods") or {}).values()), None)
-    if not isinstance(submod, Mapping):
+    appraised = appraised_evidence(claims)
+    if appraised is None:
         return {"error": "the token has no appraisal (no submods)"}
-    evidence = submod.get("ear.veraison.annotated-evidence") or {}
-    vector = submod.get("ear.trustworthiness-vector") or {}
-    tee = tee_of_evidence(evidence)
-    raw = evidence.get(tee)
-    tee_claims: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    evidence, vector, tee, tee_claims = (appraised.evidence, appraised.vector, appraised.tee,
+                                         appraised.tee_claims)
     trace: dict[str, Any] = {
         "tee": tee, "simulated": bool(evidence.get("simulated")), "tcb_status": tee_claims.get("tcb_status", "-"),
-        "appraisal": submod.get("ear.status", "-"),
+        "appraisal": appraised.status,
         "trust_vector": {name: {"value": value, "tier": ear.tier(value),
                                 "meaning": MEANINGS.get((name, value), ear.tier(value))}
                          for name, value in vector.items() if value},
@@ -95,18 +117,16 @@ def explain(claims: Mapping[str, Any], *, resource_policy: str, resource: list[s
 
 def default_denial_reasons(claims: Mapping[str, Any]) -> list[str]:
     """Which conditions of the default resource policy (resource_default.rego) EAR ``claims`` fail."""
-    submod = next(iter((claims.get("submods") or {}).values()), None)
-    if not isinstance(submod, Mapping):
+    appraised = appraised_evidence(claims)
+    if appraised is None:
         return ["the token has no appraisal"]
-    evidence = submod.get("ear.veraison.annotated-evidence") or {}
-    vector = submod.get("ear.trustworthiness-vector") or {}
     reasons = []
-    if evidence.get(SAMPLE.name):
+    if appraised.evidence.get(SAMPLE.name):
         reasons.append(SAMPLE_REASON)
-    if evidence.get("simulated"):
+    if appraised.evidence.get("simulated"):
         reasons.append(SIMULATED_REASON)
-    if submod.get("ear.status") == "contraindicated":
-        bad = [n for n, v in vector.items() if ear.tier(v) == "contraindicated"]
+    if appraised.status == "contraindicated":
+        bad = [n for n, v in appraised.vector.items() if ear.tier(v) == "contraindicated"]
         reasons.append(f"the appraisal is contraindicated ({', '.join(bad)})")
     return reasons
 

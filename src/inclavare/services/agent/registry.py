@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -265,23 +264,12 @@ class Registry:
         return self._alive(reg) or self._runc_pid(reg) > 0
 
     def _runc_pid(self, reg: Registration) -> int:
-        """The init pid runc reports (0: not running; -1: runc does not know the container)."""
+        """The init pid runc recorded, if it still runs (0: not running; -1: runc does not know the
+        container). Read from runc's ``state.json`` as for callers: no process is ever started."""
         if not os.path.exists(os.path.join(reg.root, reg.id, "state.json")):
-            return -1  # runc keeps <root>/<id>/state.json while it knows a container: no need to ask it
-        try:
-            r = subprocess.run([reg.runc, "--root", reg.root, "state", reg.id], capture_output=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return 0
-        if r.returncode != 0:
-            return -1 if b"does not exist" in r.stderr else 0
-        try:
-            state = json.loads(r.stdout)
-        except ValueError:
-            return 0
-        if state.get("status") == "stopped":
-            return 0
-        pid = state.get("pid")
-        return pid if isinstance(pid, int) and pid > 0 else 0
+            return -1  # runc keeps <root>/<id>/state.json while it knows a container
+        pid, started = runc_init_process(reg.root, reg.id)
+        return pid if pid > 0 and namespaces_of(pid, started) is not None else 0
 
     def collect_garbage(self, grace: float = GC_GRACE) -> list[Registration]:
         """Drop registrations whose container runc no longer knows (registered at least ``grace``

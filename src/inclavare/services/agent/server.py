@@ -162,10 +162,11 @@ class Agent:
             self.registry.deregister(reg.root, reg.id)
             raise AgentError(f"cannot open the channel of enclave container {reg.id}: {exc.strerror or exc}") from None
         self.metrics.inc("agent_registrations_total")
+        rid = request_id()  # in the answer too, so the caller's record and the agent's line meet
         event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
               reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
-              epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=request_id())
-        return {**reg.public(), "channel": channel}
+              epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=rid)
+        return {**reg.public(), "channel": channel, "request_id": rid}
 
     def describe(self, reg: Registration) -> dict[str, Any]:
         counters = self.channels.counters.get(reg.key)
@@ -206,9 +207,10 @@ class Agent:
                 return 404, {"detail": f"container {parts[2]} is not registered"}
             self._close_channel(reg.key)
             self.metrics.inc("agent_deregistrations_total")
+            rid = request_id()
             event(log, "deregister", "deregistered enclave container %s", reg.id, container=reg.id, root=reg.root,
-                  request_id=request_id())
-            return 200, {"deregistered": reg.id}
+                  request_id=rid)
+            return 200, {"deregistered": reg.id, "request_id": rid}
         raise HttpError(404, f"no such endpoint: {method} {path}")
 
 

@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from inclavare.crypto import jwe
 from inclavare.errors import InclavareError, KbsError, StoreError
-from inclavare.policy.explain import default_denial_reasons
+from inclavare.policy.explain import appraised_evidence, default_denial_reasons
 from inclavare.services.kbs.admin_auth import AdminAuth
 from inclavare.services.kbs.attestation_service import BuiltinAttestationService
 from inclavare.services.kbs.client_limits import TooManyRequests, client_key
@@ -39,7 +39,6 @@ from inclavare.services.kbs.sessions import Session
 from inclavare.services.kbs.store import KbsStore
 from inclavare.services.kbs.token_verifier import TokenVerifier, tee_public_key
 from inclavare.services.logs import event, request_id
-from inclavare.tee.registry import tee_of_evidence
 
 log = logging.getLogger("inclavare.kbs")
 JSON = "application/json"
@@ -162,17 +161,17 @@ async def handle_attest(call: Call) -> Response:
 def decision_facts(claims: Any) -> dict[str, Any]:
     """What a decision was about, from the EAR claims: the TEE, its measurement, whether only a
     simulated root vouched for it, its TCB status, the appraisal and the trust vector."""
-    submods = claims.get("submods") if isinstance(claims, dict) else None
-    submod: dict[str, Any] = next(iter(submods.values()), {}) if isinstance(submods, dict) and submods else {}
-    evidence = submod.get("ear.veraison.annotated-evidence") or {}
-    tee = tee_of_evidence(evidence)
-    tee_claims = evidence.get(tee) or {}
+    appraised = appraised_evidence(claims)
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, separators=(",", ":"), default=str).encode())
+    if appraised is None:
+        return {"tee": "-", "measurement": "-", "simulated": False, "tcb_status": "-", "appraisal": "-",
+                "trust_vector": {}, "claims_digest": digest.hexdigest()}
+    tee_claims = appraised.tee_claims
     measurement = next((str(tee_claims[k]) for k in ("mr_enclave", "mr_td", "measurement", "launch_digest")
                         if k in tee_claims), "-")
-    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, separators=(",", ":"), default=str).encode())
-    return {"tee": tee, "measurement": measurement, "simulated": bool(evidence.get("simulated")),
-            "tcb_status": tee_claims.get("tcb_status", "-"), "appraisal": submod.get("ear.status", "-"),
-            "trust_vector": submod.get("ear.trustworthiness-vector", {}), "claims_digest": digest.hexdigest()}
+    return {"tee": appraised.tee, "measurement": measurement, "simulated": bool(appraised.evidence.get("simulated")),
+            "tcb_status": tee_claims.get("tcb_status", "-"), "appraisal": appraised.status,
+            "trust_vector": dict(appraised.vector), "claims_digest": digest.hexdigest()}
 
 
 def _token_claims(call: Call) -> tuple[dict[str, Any], Any]:
