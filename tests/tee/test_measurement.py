@@ -46,6 +46,16 @@ def test_same_content_same_measurement(base_rootfs: str, rootfs: str) -> None:
 ])
 def test_any_change_changes_the_measurement(rootfs: str, change: str) -> None:
     before = m(rootfs)
+    _change(rootfs, change)
+    assert m(rootfs) != before
+
+
+CHANGES = ["flip a byte of a trusted file", "append a byte", "chmod", "retarget a symlink",
+           "replace a symlink by rename", "turn a symlink into a file", "add a file", "remove a file",
+           "rename a file", "add a symlink in a subdirectory"]
+
+
+def _change(rootfs: str, change: str) -> None:
     data = Path(rootfs, "app", "data.bin")
     if change == "flip a byte of a trusted file":
         raw = bytearray(data.read_bytes()); raw[100] ^= 1; data.write_bytes(bytes(raw))
@@ -55,13 +65,32 @@ def test_any_change_changes_the_measurement(rootfs: str, change: str) -> None:
         data.chmod(0o700)
     elif change == "retarget a symlink":
         os.unlink(os.path.join(rootfs, "bin", "ls")); os.symlink("busybox2", os.path.join(rootfs, "bin", "ls"))
+    elif change == "replace a symlink by rename":
+        os.symlink("/app/data.bin", os.path.join(rootfs, "bin", "tmp-link"))
+        os.rename(os.path.join(rootfs, "bin", "tmp-link"), os.path.join(rootfs, "bin", "ls"))
+    elif change == "turn a symlink into a file":
+        os.unlink(os.path.join(rootfs, "bin", "ls")); Path(rootfs, "bin", "ls").write_text("#!/bin/sh\n")
     elif change == "add a file":
         Path(rootfs, "etc", "new").write_text("x")
     elif change == "remove a file":
         os.unlink(os.path.join(rootfs, "etc", "group"))
     elif change == "rename a file":
         os.rename(data, Path(rootfs, "app", "data2.bin"))
-    assert m(rootfs) != before
+    elif change == "add a symlink in a subdirectory":
+        os.symlink("../bin/busybox", os.path.join(rootfs, "app", "sh"))
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_warm_pool_never_serves_a_changed_rootfs(rootfs: str, tmp_path: Path, change: str) -> None:
+    """The pool skips lstat for symlinks (their directory's identity covers them): whatever
+    changes, a pool hit must give exactly the measurement of a fresh, pool-less measure."""
+    pool = EnclavePool(str(tmp_path / "epm"))
+    before = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert measure(rootfs, PROCESS, ENCLAVE, pool=pool).cached
+    _change(rootfs, change)
+    after = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert after.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement != before.measurement
+    assert not after.cached
 
 
 def test_command_and_configuration_are_measured_env_is_not(rootfs: str) -> None:

@@ -21,15 +21,24 @@ if TYPE_CHECKING:
     Spec: TypeAlias = dict[str, Any]  # a parsed config.json
 
 
+_CHECKED: dict[bytes, Spec] = {}  # config.json bytes -> checked spec (the agent plans the same bundles again)
+_CHECKED_MAX = 32
+
+
 def load_spec(bundle: str) -> Spec:
-    """The bundle's parsed and shape-checked spec (:mod:`~inclavare.runtime.spec_shape`).
+    """The bundle's parsed and shape-checked spec (:mod:`~inclavare.runtime.spec_shape`), a
+    fresh copy the caller may change.
 
     Raises :class:`SpecShapeError` when config.json is malformed, plain :class:`ConfigError`
     when it cannot be read at all."""
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            spec = fastjson.loads(f.read())
+            raw = f.read()
+        checked = _CHECKED.get(raw)
+        if checked is not None:
+            return _copy(checked)  # type: ignore[no-any-return]
+        spec = fastjson.loads(raw)
     except FileNotFoundError:
         raise ConfigError(f"bundle {bundle}: config.json not found") from None
     except OSError as exc:
@@ -39,6 +48,9 @@ def load_spec(bundle: str) -> Spec:
     if not isinstance(spec, dict):
         raise SpecShapeError(f"bundle {bundle}: config.json must hold a JSON object")
     check_spec(spec)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        del _CHECKED[next(iter(_CHECKED))]
+    _CHECKED[raw] = _copy(spec)
     return spec
 
 

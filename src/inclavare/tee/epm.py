@@ -7,7 +7,9 @@ files digest and each file's content digest.
 
 Stat identity = (inode, size, mtime ns, ctime ns). ``ctime`` cannot be set from user space, so any
 write to a file changes it; a file that changes while it is being hashed is detected and not
-cached. A signature hit therefore means no trusted byte changed; a miss re-hashes (reusing the
+cached. Symlinks are not ``lstat``-ed (most of a busybox image's entries): a symlink's target
+cannot change in place, and replacing one changes its directory's ctime, which the signature
+holds. A signature hit therefore means no trusted byte changed; a miss re-hashes (reusing the
 content digests of files whose identity is already known from any other entry of the pool).
 Entries are written atomically; a damaged entry is ignored and recomputed.
 """
@@ -55,9 +57,10 @@ class PoolEntry(Immutable):
 
 
 def signature(entries: Sequence[FileEntry]) -> str:
-    """Digest of every trusted path with its kind, mode and stat identity."""
+    """Digest of every trusted path with its kind, mode and stat identity (a symlink's inode only,
+    its directory's identity covers its replacement; see :func:`inclavare.tee.measurement.scan`)."""
     text = "".join([f"{e[0]}\0{e[1]}\0{e[2]:o}\0{e[4]}:{e[3]}:{e[5]}:{e[6]}\n" for e in entries])
-    return str(small_sha256(b"epm-signature-v1\0" + text.encode("utf-8", "surrogateescape")).hexdigest())
+    return str(small_sha256(b"epm-signature-v2\0" + text.encode("utf-8", "surrogateescape")).hexdigest())
 
 
 _POOLS: dict[str, EnclavePool] = {}
@@ -120,8 +123,8 @@ class EnclavePool:
             return digest, False
         now = time.time()
         record = {
-            "format": FORMAT, "key": key, "rootfs": rootfs, "files": len(entries),
-            "total_bytes": sum(e.size for e in entries if e.kind == "f"), "files_digest": digest,
+            "format": FORMAT, "key": key, "rootfs": rootfs, "files": sum(1 for e in entries if e[1] != "d"),
+            "total_bytes": sum(e[3] for e in entries if e[1] == "f"), "files_digest": digest,
             "created": now, "digests": digests,
         }
         try:

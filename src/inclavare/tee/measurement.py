@@ -58,7 +58,8 @@ class FileEntry(tuple):  # type: ignore[type-arg]
 
     @property
     def kind(self) -> str:
-        """"f" (regular file) or "l" (symlink)."""
+        """"f" (regular file), "l" (symlink) or "d" (directory: part of the pool signature, not
+        of the measurement)."""
         return self[1]  # type: ignore[no-any-return]
 
     @property
@@ -103,8 +104,10 @@ def _rel(path: str) -> str:
 
 
 def scan(rootfs: str, trusted: Sequence[str] = ("/",), excluded: Sequence[str] = ()) -> list[FileEntry]:
-    """lstat every trusted file under ``rootfs`` (symlinks are never followed), skipping
-    ``excluded`` paths and everything below them (mount destinations)."""
+    """Every trusted file, symlink and directory under ``rootfs`` with its stat identity
+    (symlinks are never followed), in path order, skipping ``excluded`` paths and everything
+    below them (mount destinations). Directories are listed for the pool's signature only: they
+    are not measured."""
     if not os.path.isdir(rootfs):
         raise ConfigError(f"root filesystem {rootfs} is not a directory")
     skip = {_rel(p) for p in excluded} - {""}
@@ -118,16 +121,20 @@ def scan(rootfs: str, trusted: Sequence[str] = ("/",), excluded: Sequence[str] =
             raise ConfigError(f"trusted path {top} does not exist in the root filesystem") from None
         if rel_top in skip:
             continue
+        _add(entries, rel_top, st)
         if stat.S_ISDIR(st.st_mode):
             _walk(start, rel_top, skip, entries)
-        else:
-            _add(entries, rel_top, st)
     return [entries[k] for k in sorted(entries)]
 
 
 def _walk(top: str, top_rel: str, skip: set[str], entries: dict[str, FileEntry]) -> None:
-    """Iterative (no generator frames): this runs over every file at each container start."""
+    """Iterative (no generator frames): this runs over every file at each container start.
+
+    Directories are recorded with their stat identity and symlinks with their inode only (no
+    ``lstat``): a symlink's target never changes in place, and replacing it changes its
+    directory's ctime, so the pool signature still changes with any trusted byte."""
     pending = [(top, top_rel + "/" if top_rel else "")]
+    new = tuple.__new__
     while pending:
         path, prefix = pending.pop()
         try:
@@ -139,11 +146,20 @@ def _walk(top: str, top_rel: str, skip: set[str], entries: dict[str, FileEntry])
             rel = prefix + entry.name
             if rel in skip:
                 continue
+            if entry.is_symlink():  # the directory entry's type: no lstat unless the file system omits it
+                entries[rel] = new(FileEntry, (rel, "l", 0, 0, entry.inode(), 0, 0))
+                continue
             st = entry.stat(follow_symlinks=False)
-            if st.st_mode & _S_IFMT == _S_IFDIR:
+            fmt = st.st_mode & _S_IFMT
+            if fmt == _S_IFDIR:
+                entries[rel] = new(FileEntry, (rel, "d", 0, 0, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
                 pending.append((entry.path, rel + "/"))
-            else:
-                _add(entries, rel, st)
+            elif fmt == _S_IFREG:
+                entries[rel] = new(FileEntry, (rel, "f", st.st_mode & 0o7777, st.st_size, st.st_ino,
+                                               st.st_mtime_ns, st.st_ctime_ns))
+            elif fmt == _S_IFLNK:  # replaced by a symlink since the directory was read
+                entries[rel] = new(FileEntry, (rel, "l", 0, 0, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+            # device nodes, fifos and sockets in an image carry no code; they are not measured
 
 
 _S_IFMT, _S_IFREG, _S_IFLNK, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR
@@ -155,8 +171,9 @@ def _add(entries: dict[str, FileEntry], rel: str, st: os.stat_result) -> None:
         entries[rel] = FileEntry(rel, "f", st.st_mode & 0o7777, st.st_size, st.st_ino, st.st_mtime_ns,
                                  st.st_ctime_ns)
     elif fmt == _S_IFLNK:
-        entries[rel] = FileEntry(rel, "l", 0, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    # device nodes, fifos and sockets in an image carry no code; they are not measured
+        entries[rel] = FileEntry(rel, "l", 0, 0, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    elif fmt == _S_IFDIR:
+        entries[rel] = FileEntry(rel, "d", 0, 0, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def hash_file(path: str) -> str:
@@ -188,7 +205,7 @@ def files_digest(rootfs: str, entries: Sequence[FileEntry],
                     raise ConfigError(f"{e.path} changed while it was being measured; retry")
             fresh[key] = digest
             h.update(e.line(digest))
-        else:
+        elif e.kind == "l":
             h.update(e.line(os.readlink(os.path.join(rootfs, e.path))))
     return h.hexdigest(), fresh, all_cached
 
@@ -256,8 +273,8 @@ def measure(rootfs: str, process: dict[str, Any], enclave: dict[str, str],
     h = small_sha256(DOMAIN)
     h.update(header(enclave, process, entrypoint))
     h.update(b"\0" + fdigest.encode())
-    total = sum(e.size for e in entries if e.kind == "f")
-    return Measurement(h.digest(), fdigest, len(entries), total, cached)
+    files = [e for e in entries if e[1] != "d"]
+    return Measurement(h.digest(), fdigest, len(files), sum(e[3] for e in files), cached)
 
 
 def parse_trusted_arg(runtime_args: str) -> list[str]:
