@@ -82,6 +82,7 @@ class EnclavePool:
         self.read_only = read_only
         self.entries_dir = os.path.join(directory, "entries")
         self._memo: dict[str, str] = {}  # signature -> files digest, for long-lived processes (the agent)
+        self._last: dict[str, tuple[Sequence[FileEntry], str]] = {}  # rootfs -> its last scan and signature
 
     def _path(self, key: str) -> str:
         return os.path.join(self.entries_dir, key + ".json")
@@ -98,7 +99,14 @@ class EnclavePool:
 
     def files_digest(self, rootfs: str, entries: Sequence[FileEntry]) -> tuple[str, bool]:
         """The files digest of ``entries``; (digest, True) when served from the pool."""
-        key = signature(entries)
+        last = self._last.get(rootfs)
+        if last is not None and last[0] == entries:  # equal scans have equal signatures: skip formatting
+            key = last[1]
+        else:
+            key = signature(entries)
+            if len(self._last) >= 64:
+                del self._last[next(iter(self._last))]
+            self._last[rootfs] = (entries, key)
         memo = self._memo.get(key)
         if memo is not None:
             try:
