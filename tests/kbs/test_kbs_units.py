@@ -252,6 +252,23 @@ def test_jwt_rejects_none_confusion_and_bad_times() -> None:
             jws.verify(token, ed.public_key(), now=now)
 
 
+def test_jwt_with_a_repeated_key_is_refused_even_when_signed() -> None:
+    """Two ``exp`` (or two ``alg``) mean different things to different parsers: refused, not resolved."""
+    ed = ed25519.Ed25519PrivateKey.generate()
+    now = int(time.time())
+
+    def signed(header: str, claims: str) -> str:
+        signing_input = b64url_encode(header.encode()) + "." + b64url_encode(claims.encode())
+        return signing_input + "." + b64url_encode(ed.sign(signing_input.encode()))
+
+    good = signed('{"alg":"EdDSA"}', f'{{"iat":{now},"exp":{now + 60}}}')
+    assert jws.verify(good, ed.public_key()).claims["exp"] == now + 60
+    for token in (signed('{"alg":"EdDSA"}', f'{{"iat":{now},"exp":{now - 600},"exp":{now + 60}}}'),
+                  signed('{"alg":"none","alg":"EdDSA"}', f'{{"iat":{now},"exp":{now + 60}}}')):
+        with pytest.raises(jws.JwtError, match="repeat|duplicate"):
+            jws.verify(token, ed.public_key())
+
+
 def test_jwt_signature_bit_flips_fail() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     token = jws.sign({"exp": time.time() + 60}, key)

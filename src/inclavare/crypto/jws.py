@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from inclavare.crypto.b64 import b64url_decode, b64url_encode
 from inclavare.errors import FormatError, InclavareError
+from inclavare.formats.strict_json import loads_strict
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 VerifyKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -70,10 +71,9 @@ class VerifiedJwt:
 
 
 def _json_part(part: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(b64url_decode(part, what))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise JwtError(f"{what} is not JSON") from exc
+    """Strict JSON: a repeated key (two ``alg``s, two ``exp``s) would mean different things to
+    different parsers, so it is refused rather than resolved."""
+    value = loads_strict(b64url_decode(part, what), what)
     if not isinstance(value, dict):
         raise JwtError(f"{what} is not a JSON object")
     return value
