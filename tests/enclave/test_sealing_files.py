@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import BundleFactory
 from tests.enclave.conftest import Rune
-from tests.enclave.test_workload_kbs import kbs_and_agent, rune_k
+from tests.enclave.test_workload_kbs import kbs_and_agent, rune_k, sealing_tenant
 from tests.kbs.kbs_harness import KbsProcess
 from tests.support.agent import AgentProcess
 
@@ -47,20 +47,10 @@ def test_sealed_files_are_opened_inside_only_and_a_forged_one_stops_the_start(
         tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from inclavare.crypto.jwk import jwk_from_public_key
     from inclavare.secrets import sealed
 
-    kbs, _ = kbs_and_agent
-    key = ec.generate_private_key(ec.SECP256R1())
     kek = bytes(range(2, 34))
-    for path, data in (("tenant/files/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
-                       ("tenant/files/db", b"file-db-pa55word"), ("tenant/files/kek", kek)):
-        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
-    kbs.set_resource_policy(
-        'package policy\nimport rego.v1\ndefault allow := false\n'
-        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
-        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
-    kid = "kbs:///tenant/files/jwk"
+    key, kid = sealing_tenant(kbs_and_agent[0], "tenant/files", b"file-db-pa55word", kek)
     files = {"db": sealed.seal(sealed.Vault("kbs:///tenant/files/db"), key, kid),
              "tls.key": sealed.seal(sealed.envelope(b"-----BEGIN KEY-----\n", kek, "kbs:///tenant/files/kek"),
                                     key, kid),
