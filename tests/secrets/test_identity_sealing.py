@@ -101,6 +101,8 @@ def test_bad_identity_args_are_refused_with_one_line(args: str, message: str) ->
     (None, "a key request is"),
     ({"policy": "mrenclave", "key_id": "AA==", "extra": 1}, "a key request is"),
     ({"policy": "MRENCLAVE", "key_id": base64.b64encode(bytes(32)).decode()}, "policy must be"),
+    ({"policy": ["mrenclave"], "key_id": base64.b64encode(bytes(32)).decode()}, "policy must be"),
+    ({"policy": "mrenclave", "key_id": 7}, "key_id must be the base64 of 32 bytes"),
     ({"policy": "mrenclave", "key_id": "AA=="}, "key_id must be the base64 of 32 bytes"),
     ({"policy": "mrenclave", "key_id": base64.b64encode(bytes(32)).decode(), "isv_svn": True}, "isv_svn must be"),
     ({"policy": "mrenclave", "key_id": base64.b64encode(bytes(32)).decode(), "isv_svn": 1.0}, "isv_svn must be"),

@@ -93,7 +93,8 @@ class KeyRequest:
         if not isinstance(body, dict) or set(body) - {"policy", "key_id", "isv_svn"}:
             raise SealingKeyError('a key request is {"policy": "mrenclave"|"mrsigner", '
                                   '"key_id": "<base64 of 32 bytes>", "isv_svn": N (optional)}')
-        policy = POLICIES.get(body.get("policy"))  # type: ignore[arg-type]
+        name = body.get("policy")
+        policy = POLICIES.get(name) if isinstance(name, str) else None
         if policy is None:
             raise SealingKeyError("policy must be \"mrenclave\" or \"mrsigner\"")
         try:
