@@ -10,6 +10,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,26 @@ def test_https_key_broker_pinned_by_the_image_leaves_the_relay_only_ciphertext(
         kbs.stop()
 
 
+SIM_RESOURCE_POLICY = ('package policy\nimport rego.v1\ndefault allow := false\n'
+                       'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+                       'allow if { data.plugin == "resource"; ev.simulated == true }\n')
+
+
+def sealing_tenant(kbs: KbsProcess, repo: str, vault_value: bytes, kek: bytes) -> tuple[Any, str]:
+    """A tenant's signing key with its JWK at ``kbs:///REPO/jwk``, a vault resource at
+    ``REPO/db`` and a KEK at ``REPO/kek``, released to any sim enclave: ``(key, kid)``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from inclavare.crypto.jwk import jwk_from_public_key
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    for path, data in ((f"{repo}/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
+                       (f"{repo}/db", vault_value), (f"{repo}/kek", kek)):
+        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
+    kbs.set_resource_policy(SIM_RESOURCE_POLICY)
+    return key, f"kbs:///{repo}/jwk"
+
+
 def test_sealed_secrets_open_inside_the_enclave_only_when_signed_by_the_kid(
         kbs_and_agent: tuple[KbsProcess, AgentProcess], rune_k: Rune, bundle_factory: BundleFactory) -> None:
     """`attest unseal` in a sim enclave container: the enclave agent fetches the kid's JWK, checks
@@ -197,20 +218,11 @@ def test_sealed_secrets_open_inside_the_enclave_only_when_signed_by_the_kid(
     forged signature is refused with one line."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from inclavare.crypto.jwk import jwk_from_public_key
     from inclavare.secrets import sealed
 
-    kbs, _ = kbs_and_agent
-    key, forger = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     kek = bytes(range(32))
-    for path, data in (("tenant/seal/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
-                       ("tenant/seal/db", b"vault-plaintext\x00\xff"), ("tenant/seal/kek", kek)):
-        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
-    kbs.set_resource_policy(
-        'package policy\nimport rego.v1\ndefault allow := false\n'
-        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
-        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
-    kid = "kbs:///tenant/seal/jwk"
+    key, kid = sealing_tenant(kbs_and_agent[0], "tenant/seal", b"vault-plaintext\x00\xff", kek)
+    forger = ec.generate_private_key(ec.SECP256R1())
     cases = {
         "vault": (sealed.seal(sealed.Vault("kbs:///tenant/seal/db"), key, kid), 0, "vault-plaintext\x00\ufffd"),
         "envelope": (sealed.seal(sealed.envelope(b"envelope-plaintext", kek, "kbs:///tenant/seal/kek"), key, kid),
@@ -239,20 +251,10 @@ def test_sealed_environment_variables_reach_the_workload_in_plaintext_only_insid
     the start with one line, and the workload never runs."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from inclavare.crypto.jwk import jwk_from_public_key
     from inclavare.secrets import sealed
 
-    kbs, _ = kbs_and_agent
-    key = ec.generate_private_key(ec.SECP256R1())
     kek = bytes(range(1, 33))
-    for path, data in (("tenant/env/jwk", json.dumps(jwk_from_public_key(key.public_key())).encode()),
-                       ("tenant/env/db", b"db-pa55word"), ("tenant/env/kek", kek)):
-        assert kbs.admin("POST", f"/resource/{path}", data).status_code == 200
-    kbs.set_resource_policy(
-        'package policy\nimport rego.v1\ndefault allow := false\n'
-        'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
-        'allow if { data.plugin == "resource"; ev.simulated == true }\n')
-    kid = "kbs:///tenant/env/jwk"
+    key, kid = sealing_tenant(kbs_and_agent[0], "tenant/env", b"db-pa55word", kek)
     vault = sealed.seal(sealed.Vault("kbs:///tenant/env/db"), key, kid)
     env_secret = sealed.seal(sealed.envelope(b"api token\n", kek, "kbs:///tenant/env/kek"), key, kid)
     script = 'printf "%s|%s|%s|" "$DB" "$TOKEN" "$PLAIN"; env | grep -c "=sealed\\." || true'

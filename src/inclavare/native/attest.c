@@ -12,11 +12,19 @@
  *   attest token                              print a key broker attestation token
  *   attest resource kbs:///REPO/TYPE/TAG      print the secret stored at that path
  *   attest unseal SEALED                      print the plaintext of a sealed secret ("-": stdin)
+ *   attest seal [--policy mrenclave|mrsigner] [--svn N] [IN|- [OUT]]
+ *                                             seal data to this enclave's identity
+ *   attest unseal -|FILE [OUT]                open a sealed secret or sealed data read from stdin or
+ *                                             FILE (by its first bytes: "sealed." or "INCLSEAL")
+ *
+ * IN and OUT default to stdin and stdout; OUT is written only on success (a temporary file
+ * renamed into place). At most 1 MiB is read.
  *
  * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
  * usage errors.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +35,11 @@
 
 #define DEFAULT_SOCKET "/run/inclavare/agent.sock"
 #define MAX_RESPONSE (64 * 1024 * 1024)
+#define MAX_INPUT (1 << 20) /* the enclave agent's request body cap */
+#define SEALED_PREFIX "sealed."
+#define DATA_MAGIC "INCLSEAL"
+
+static const char *out_path; /* where a successful answer goes (NULL: stdout) */
 
 static void usage(void)
 {
@@ -34,7 +47,8 @@ static void usage(void)
 		"usage: attest evidence [--runtime-data STRING]\n"
 		"       attest token\n"
 		"       attest resource kbs:///REPO/TYPE/TAG\n"
-		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-\n");
+		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-|FILE [OUT]\n"
+		"       attest seal [--policy mrenclave|mrsigner] [--svn N] [IN|- [OUT]]\n");
 	exit(2);
 }
 
@@ -92,6 +106,103 @@ static int valid_segment(const char *s, size_t len)
 }
 
 static int request_body(const char *method, const char *path, const char *body, size_t body_size);
+
+/* Write OUT whole or not at all: a temporary sibling, renamed into place. */
+static int write_out(const char *path, const char *data, size_t len)
+{
+	size_t n = strlen(path) + 32;
+	char *tmp = malloc(n);
+	if (!tmp)
+		return 1;
+	snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, data, len, 0) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
+		fprintf(stderr, "attest: cannot write %s: %s\n", path, strerror(errno));
+		unlink(tmp);
+		return 1;
+	}
+	free(tmp);
+	return 0;
+}
+
+/* Read at most MAX_INPUT bytes of PATH ("-": stdin); exits 2 when larger or unreadable. */
+static char *read_input(const char *path, size_t *len)
+{
+	int fd = strcmp(path, "-") == 0 ? 0 : open(path, O_RDONLY | O_CLOEXEC);
+	char *buf = malloc(MAX_INPUT + 1);
+	size_t n = 0;
+	if (fd < 0 || !buf) {
+		fprintf(stderr, "attest: cannot read %s: %s\n", path, strerror(errno));
+		exit(2);
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + n, MAX_INPUT + 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			fprintf(stderr, "attest: cannot read %s: %s\n", path, strerror(errno));
+			exit(2);
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > MAX_INPUT) {
+			fprintf(stderr, "attest: %s is larger than %d bytes\n", strcmp(path, "-") ? path : "stdin",
+				MAX_INPUT);
+			exit(2);
+		}
+	}
+	if (fd > 0)
+		close(fd);
+	*len = n;
+	return buf;
+}
+
+/* attest seal [--policy P] [--svn N] [IN|- [OUT]] */
+static int seal_command(int argc, char **argv)
+{
+	const char *policy = "mrenclave", *svn = NULL, *files[2] = { "-", NULL };
+	int nfiles = 0;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--policy") == 0 && i + 1 < argc)
+			policy = argv[++i];
+		else if (strcmp(argv[i], "--svn") == 0 && i + 1 < argc)
+			svn = argv[++i];
+		else if (nfiles < 2 && (argv[i][0] != '-' || strcmp(argv[i], "-") == 0))
+			files[nfiles++] = argv[i];
+		else
+			usage();
+	}
+	if (strcmp(policy, "mrenclave") != 0 && strcmp(policy, "mrsigner") != 0) {
+		fprintf(stderr, "attest: --policy is mrenclave or mrsigner\n");
+		return 2;
+	}
+	if (svn && (strlen(svn) == 0 || strlen(svn) > 5 || strspn(svn, "0123456789") != strlen(svn))) {
+		fprintf(stderr, "attest: --svn is an integer from 0 to 65535\n");
+		return 2;
+	}
+	size_t len = 0;
+	char *data = read_input(files[0], &len);
+	char path[96];
+	snprintf(path, sizeof(path), "/inclavare/seal?policy=%s%s%s", policy, svn ? "&isv_svn=" : "", svn ? svn : "");
+	out_path = files[1];
+	return request_body("POST", path, data, len);
+}
+
+/* attest unseal -|FILE [OUT]: a sealed secret or sealed data, told apart by its first bytes. */
+static int unseal_input(const char *in, const char *out)
+{
+	size_t len = 0;
+	char *data = read_input(in, &len);
+	out_path = out;
+	if (len >= strlen(DATA_MAGIC) && memcmp(data, DATA_MAGIC, strlen(DATA_MAGIC)) == 0)
+		return request_body("POST", "/inclavare/unseal", data, len);
+	if (len >= strlen(SEALED_PREFIX) && memcmp(data, SEALED_PREFIX, strlen(SEALED_PREFIX)) == 0)
+		return request_body("POST", "/cdh/secret/unseal", data, len);
+	fprintf(stderr, "attest: %s is neither a sealed secret (sealed.…) nor sealed data (INCLSEAL…)\n",
+		strcmp(in, "-") ? in : "stdin");
+	return 2;
+}
 
 static int request(const char *path)
 {
@@ -182,6 +293,8 @@ static int request_body(const char *method, const char *path, const char *req_bo
 		fputc('\n', stderr);
 		return 1;
 	}
+	if (out_path)
+		return write_out(out_path, body, body_len);
 	if (write_all(1, body, body_len, 0) < 0)
 		return 1;
 	if (body_len > 0 && body[body_len - 1] != '\n' && isatty(1))
@@ -245,25 +358,14 @@ int main(int argc, char **argv)
 			return 2;
 		return request(path);
 	}
-	if (strcmp(argv[1], "unseal") == 0 && argc == 3) {
+	if (strcmp(argv[1], "seal") == 0)
+		return seal_command(argc, argv);
+	if (strcmp(argv[1], "unseal") == 0 && (argc == 3 || argc == 4)) {
 		const char *sealed = argv[2];
-		size_t n = strlen(sealed);
-		char *in = NULL;
-		if (strcmp(sealed, "-") == 0) {
-			size_t cap = 1 << 20;
-			in = malloc(cap);
-			n = in ? fread(in, 1, cap, stdin) : 0;
-			if (!in || n == cap) {
-				fprintf(stderr, "attest: sealed secret on stdin too large\n");
-				return 2;
-			}
-			sealed = in;
-		}
-		if (n < 7 || strncmp(sealed, "sealed.", 7) != 0) {
-			fprintf(stderr, "attest: a sealed secret starts with 'sealed.'\n");
-			return 2;
-		}
-		return request_body("POST", "/cdh/secret/unseal", sealed, n);
+		if (strncmp(sealed, SEALED_PREFIX, strlen(SEALED_PREFIX)) != 0)
+			return unseal_input(sealed, argc == 4 ? argv[3] : NULL);
+		out_path = argc == 4 ? argv[3] : NULL;
+		return request_body("POST", "/cdh/secret/unseal", sealed, strlen(sealed));
 	}
 	usage();
 	return 2;

@@ -13,6 +13,11 @@
  * 3. Unseals the environment: each variable whose value starts with "sealed." (a CoCo sealed
  *    secret) is replaced by its plaintext, opened by the enclave agent (through the attest
  *    client); if one cannot be opened the workload does not start (exit 1, one line why).
+ *    Files named by $INCLAVARE_SEALED_FILES (absolute paths or glob patterns, ':'-separated),
+ *    typically a mounted Kubernetes Secret, whose content is a sealed secret ("sealed.") or
+ *    sealed data ("INCLSEAL") are opened likewise into UNSEALED_DIR/<path> on the container's
+ *    private tmpfs; the mounted file keeps its sealed form (it may be a host-visible volume, and
+ *    the container may not bind over it). Other matched files are left alone.
  * 4. Execs PROGRAM in its own place, so the workload is the container's pid 1 exactly as
  *    without an enclave: same signals, same exit status, same stdio.
  *
@@ -23,6 +28,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -41,6 +47,8 @@
 #define FAILED_START_SECONDS 3
 #define ATTEST BIN_LINK "/attest"
 #define MAX_UNSEALED (1 << 20)
+#define SEALED_FILES_ENV "INCLAVARE_SEALED_FILES"
+#define UNSEALED_DIR "/run/inclavare/unsealed"
 
 extern char **environ;
 
@@ -140,9 +148,9 @@ static void supervise(int lfd, char **agent_argv)
 	}
 }
 
-/* The attest client's output for `attest unseal VALUE` (stdout and stderr, at most
- * MAX_UNSEALED bytes) in *out, its length in *len; returns its exit status. */
-static int run_unseal(const char *sock_path, const char *value, char **out, size_t *len)
+/* The attest client's output for `attest ARGS...` (stdout and stderr, at most MAX_UNSEALED
+ * bytes) in *out, its length in *len; returns its exit status. */
+static int run_attest(const char *sock_path, char *const args[], char **out, size_t *len)
 {
 	int fds[2];
 	if (pipe2(fds, O_CLOEXEC) < 0)
@@ -154,7 +162,7 @@ static int run_unseal(const char *sock_path, const char *value, char **out, size
 		dup2(fds[1], 1);
 		dup2(fds[1], 2);
 		setenv("INCLAVARE_AGENT_SOCKET", sock_path, 1);
-		execl(ATTEST, "attest", "unseal", value, (char *)NULL);
+		execv(ATTEST, args);
 		fprintf(stderr, "cannot run %s: %s", ATTEST, strerror(errno));
 		_exit(1);
 	}
@@ -179,6 +187,91 @@ static int run_unseal(const char *sock_path, const char *value, char **out, size
 	return n > MAX_UNSEALED ? 1 : WIFEXITED(st) ? WEXITSTATUS(st) : 1;
 }
 
+static int run_unseal(const char *sock_path, const char *value, char **out, size_t *len)
+{
+	char *args[] = { "attest", "unseal", (char *)value, NULL };
+	return run_attest(sock_path, args, out, len);
+}
+
+/* The attest client's reason on one line: trailing newlines dropped, inner ones made spaces. */
+static int one_line(char *out, size_t len)
+{
+	while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
+		len--;
+	for (size_t i = 0; i < len; i++)
+		if (out[i] == '\n')
+			out[i] = ' ';
+	return (int)len;
+}
+
+/* mkdir -p of PATH's parent directories (private to the container's user). */
+static void make_parents(char *path)
+{
+	for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST)
+			die("cannot create", path);
+		*p = '/';
+	}
+}
+
+/* Open one listed file if it is sealed: UNSEALED_DIR/<path> gets the plaintext, or exit 1. */
+static void unseal_file(const char *sock_path, const char *path)
+{
+	char head[8];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		fprintf(stderr, "enclave-init: cannot read the sealed file %s (%s); the workload is not started\n", path,
+			strerror(errno));
+		exit(1);
+	}
+	ssize_t n = S_ISREG(st.st_mode) ? read(fd, head, sizeof(head)) : 0;
+	close(fd);
+	if (n < 7 || (memcmp(head, "sealed.", 7) != 0 && (n < 8 || memcmp(head, "INCLSEAL", 8) != 0)))
+		return; /* not sealed: nothing to open */
+	char *dest = malloc(strlen(UNSEALED_DIR) + strlen(path) + 1);
+	if (!dest)
+		die("malloc", NULL);
+	strcpy(dest, UNSEALED_DIR);
+	strcat(dest, path);
+	make_parents(dest);
+	char *out = NULL;
+	size_t len = 0;
+	char *args[] = { "attest", "unseal", (char *)path, dest, NULL };
+	if (run_attest(sock_path, args, &out, &len) != 0) {
+		fprintf(stderr, "enclave-init: cannot unseal %s (%.*s); the workload is not started\n", path,
+			one_line(out, len), out);
+		exit(1);
+	}
+	free(out);
+	free(dest);
+}
+
+/* Every file $INCLAVARE_SEALED_FILES names (absolute paths or glob patterns, ':'-separated). */
+static void unseal_files(const char *sock_path)
+{
+	const char *list = getenv(SEALED_FILES_ENV);
+	if (!list || !*list)
+		return;
+	char *copy = strdup(list), *save = NULL;
+	if (!copy)
+		die("malloc", NULL);
+	for (char *pattern = strtok_r(copy, ":", &save); pattern; pattern = strtok_r(NULL, ":", &save)) {
+		glob_t g;
+		int rc = pattern[0] == '/' ? glob(pattern, GLOB_NOSORT, NULL, &g) : GLOB_ABORTED;
+		if (rc != 0) {
+			fprintf(stderr, "enclave-init: $%s: %s %s; the workload is not started\n", SEALED_FILES_ENV, pattern,
+				pattern[0] != '/' ? "is not an absolute path" : "matches no file");
+			exit(1);
+		}
+		for (size_t i = 0; i < g.gl_pathc; i++)
+			unseal_file(sock_path, g.gl_pathv[i]);
+		globfree(&g);
+	}
+	free(copy);
+}
+
 /* Replace every NAME=sealed.... in the environment by NAME=plaintext, or exit 1 with one line. */
 static void unseal_environment(const char *sock_path)
 {
@@ -196,13 +289,8 @@ static void unseal_environment(const char *sock_path)
 			exit(1);
 		}
 		if (status != 0) {
-			while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
-				len--;
-			for (size_t i = 0; i < len; i++)
-				if (out[i] == '\n')
-					out[i] = ' ';
 			fprintf(stderr, "enclave-init: cannot unseal $%.*s (%.*s); the workload is not started\n",
-				name_len, *e, (int)len, out);
+				name_len, *e, one_line(out, len), out);
 			exit(1);
 		}
 		char *entry = malloc((size_t)name_len + 2 + len);
@@ -262,6 +350,7 @@ int main(int argc, char **argv)
 	}
 	close(lfd);
 	unseal_environment(sock_path);
+	unseal_files(sock_path);
 	execvp(argv[sep + 1], argv + sep + 1);
 	int err = errno;
 	fprintf(stderr, "enclave-init: cannot execute %s: %s\n", argv[sep + 1], strerror(err));

@@ -65,6 +65,7 @@ RUNELET_MODULES = (
     "inclavare.services.enclave_agent.agent",
     "inclavare.services.kbs_client",
     "inclavare.secrets.sealed",
+    "inclavare.secrets.identity_sealed",
     "cryptography.hazmat.backends.openssl",  # imported lazily by the sealed-secret crypto (key wrap, ECDSA)
     "inclavare.services.http_transport",
     "ssl",  # an https key broker (imported only then)

@@ -9,6 +9,9 @@ enclave on real hardware:
   (``{"tee": "sgx", "evidence": {"quote": ...}, "simulated": true}``);
 * ``GET /v1/collateral`` — collateral for verifiers;
 * ``GET /v1/info`` — the TEE and where the relay goes (hints from an untrusted host);
+* ``POST /v1/sealing-key`` ``{"policy": "mrenclave"|"mrsigner", "key_id": "<base64, 32 bytes>",
+  "isv_svn": N?}`` — the CPU's part of sealing (EGETKEY, simulated): a key for this container's
+  identity only (:mod:`inclavare.secrets.sealing_keys`), ``{"key", "isv_svn", "isv_prod_id"}``;
 * ``CONNECT kbs`` — an opaque tunnel to the configured key broker, for containers without a
   network: bytes are copied both ways and counted, never parsed, logged or stored.
 
@@ -24,7 +27,7 @@ import binascii
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inclavare.errors import NotSupportedError
 from inclavare.services.agent.registry import Registration, Registry
@@ -34,7 +37,11 @@ from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
 from inclavare.tee.registry import SGX
 
+if TYPE_CHECKING:
+    from inclavare.secrets.sealing_keys import SealingSecret
+
 SIM_TYPE = "sim"
+SEALING_KEY_PATH = "/v1/sealing-key"
 REFUSED = "refused: this channel answers only the processes of the enclave container it belongs to"
 
 
@@ -99,8 +106,9 @@ class Channels:
     """Admission and routes of every container's channel (one listener per container)."""
 
     def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None,
-                 metrics: Counters | None = None) -> None:
+                 metrics: Counters | None = None, sealing: SealingSecret | None = None) -> None:
         self.registry = registry
+        self.sealing = sealing
         self.quoter = quoter
         self.relay = relay
         self.metrics = metrics or Counters({})
@@ -137,9 +145,30 @@ class Channels:
         if method == "GET" and path == "/v1/info":
             return Response.json(200, {"container": reg.id, "tee": reg.tee, "simulated": reg.tee == SIM_TYPE,
                                        "kbs": {"url": self.relay.url} if self.relay else None})
+        if method == "POST" and path == SEALING_KEY_PATH:
+            return self._sealing_key(reg, request)
         if method == "CONNECT":
             return self._tunnel(key, request.target)
         raise HttpError(404, f"no such endpoint: {method} {path}")
+
+    def _sealing_key(self, reg: Registration, request: Request) -> Response:
+        """EGETKEY(SEAL) for the registration this channel belongs to: nothing in the request
+        names an identity, so a container can only ever get keys for its own."""
+        from inclavare.secrets.sealing_keys import KeyRequest, SealingIdentity, SealingKeyError, derive
+
+        if reg.tee != SIM_TYPE:
+            raise NotSupportedError(f"sealing keys for enclave type {reg.tee} come from the CPU inside the "
+                                    "enclave (EGETKEY; the LibOS's sealing), never from the host")
+        if self.sealing is None:
+            raise HttpError(503, "this node agent has no sealing secret")
+        try:
+            identity = SealingIdentity.of(reg.measurement, reg.enclave.get("args", ""))
+            key, svn = derive(self.sealing.get(), identity, KeyRequest.parse(request.json()))
+        except SealingKeyError as exc:
+            raise HttpError(400, str(exc)) from None
+        self.metrics.inc("agent_sealing_keys_total")
+        return Response.json(200, {"key": base64.b64encode(key).decode(), "isv_svn": svn,
+                                   "isv_prod_id": identity.isv_prod_id})
 
     def _tunnel(self, key: str, target: str) -> Tunnel:
         if target.split(":", 1)[0] != "kbs":

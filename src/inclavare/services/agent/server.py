@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from inclavare import __version__
 from inclavare.errors import AgentError
+from inclavare.secrets.sealing_keys import SealingSecret
 from inclavare.services.agent import paths
 from inclavare.services.agent.channel import Channels, Quoter, RelayTarget
 from inclavare.services.agent.registry import Registration, Registry, registration_from
@@ -46,6 +47,7 @@ METRICS = {  # named like the key broker's (Trustee's kbs_* counters)
     "agent_deregistrations_total": "enclave containers deregistered",
     "agent_relay_tunnels_total": "relay tunnels to the key broker that ended",
     "agent_relay_bytes_total": "bytes relayed, by direction (counted, never read)",
+    "agent_sealing_keys_total": "sealing keys derived for enclave containers (simulated EGETKEY)",
 }
 
 GC_INTERVAL = 5.0  # a dead container costs a stat: forget it soon, with its channel
@@ -73,7 +75,9 @@ class Agent:
             "agent_epc_in_use_mib": ("EPC held by running sim enclaves (MiB)", self.registry.epc_in_use),
             "agent_epc_capacity_mib": ("the simulated TEE's EPC (MiB; 0: not accounted)", lambda: self.epc_mib),
         })
-        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay, self.metrics)
+        self.sealing = SealingSecret(state_dir)  # the simulated CPU's sealing secret
+        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay, self.metrics,
+                                 self.sealing)
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
@@ -97,6 +101,7 @@ class Agent:
     def start(self) -> None:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.sim_authority()  # create/load keys now: fail at start, not at first request
+        self.sealing.get()
         os.makedirs(self.channels_dir, mode=0o711, exist_ok=True)
         os.chmod(self.channels_dir, 0o711)
         self.http.listen(self.control_socket, self._control, name="control", mode=0o600, admit=_root_only)

@@ -7,7 +7,13 @@
 * ``GET /cdh/resource/REPO/TYPE/TAG`` — the resource's plaintext bytes;
 * ``POST /cdh/secret/unseal`` (body: a sealed secret) — its plaintext (CDH's UnsealSecret): the
   signature is checked with the JWK at the kid and the secret opened, all fetched from the KBS
-  with this enclave's evidence; the host relays only ciphertext.
+  with this enclave's evidence; the host relays only ciphertext;
+* ``POST /inclavare/seal?policy=mrenclave|mrsigner[&isv_svn=N]`` (body: at most 1 MiB) — the
+  data sealed to this enclave's identity (:mod:`inclavare.secrets.identity_sealed`);
+  ``POST /inclavare/unseal`` (body: a sealed blob) — its plaintext. Our paths: CoCo has no such
+  call (its sealing is the LibOS's or the guest's own); ``/inclavare/`` stays clear of ``/aa``
+  and ``/cdh``. The key is the node agent's simulated EGETKEY, asked over this container's
+  channel, used here and dropped.
 
 For the last two the agent itself is the key broker client: it generates the TEE key pair here,
 runs the KBS protocol through the node agent's opaque relay with evidence binding its own key
@@ -34,6 +40,8 @@ log = logging.getLogger("inclavare.enclave_agent")
 
 RESOURCE_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+[A-Za-z0-9_\-.]*$")
 UNSEAL_PATH = "/cdh/secret/unseal"
+SEAL_DATA_PATH = "/inclavare/seal"
+UNSEAL_DATA_PATH = "/inclavare/unseal"
 REFUSED = "refused: the enclave agent answers only the processes of its own enclave container"
 # The key broker's CA, pinned by the image (so part of the measurement): an https broker must
 # present a certificate under it. Without the file the image's system CAs apply.
@@ -69,6 +77,10 @@ class EnclaveAgent:
             if request.method != "POST":
                 raise HttpError(405, f"{UNSEAL_PATH} takes POST with the sealed secret as the body")
             return Response(200, self._unseal(request.body), "application/octet-stream")
+        if request.path in (SEAL_DATA_PATH, UNSEAL_DATA_PATH):
+            if request.method != "POST":
+                raise HttpError(405, f"{request.path} takes POST with the data as the body")
+            return Response(200, self._identity_seal(request), "application/octet-stream")
         if request.method != "GET":
             raise HttpError(405, f"{request.method} is not supported here")
         path = request.path
@@ -102,6 +114,29 @@ class EnclaveAgent:
             with self._kbs_lock:
                 return unseal(text, self._client().get_resource)
         except SealedSecretError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    def _identity_seal(self, request: Request) -> bytes:
+        from inclavare.secrets import identity_sealed
+
+        def get_key(policy: str, key_id: bytes, isv_svn: int | None) -> tuple[bytes, int, int]:
+            try:
+                return self.host.sealing_key(policy, key_id, isv_svn)
+            except HostChannelError as exc:
+                raise identity_sealed.SealedDataError(str(exc)) from None
+
+        try:
+            if request.path == UNSEAL_DATA_PATH:
+                return identity_sealed.unseal(request.body, get_key)
+            query = request.query()
+            if set(query) - {"policy", "isv_svn"}:
+                raise HttpError(400, "seal takes the query parameters policy and isv_svn only")
+            svn = query.get("isv_svn")
+            if svn is not None and not re.fullmatch(r"[0-9]{1,5}", svn):
+                raise HttpError(400, "isv_svn must be an integer from 0 to 65535")
+            return identity_sealed.seal(request.body, query.get("policy", "mrenclave"), get_key,
+                                        None if svn is None else int(svn))
+        except identity_sealed.SealedDataError as exc:
             raise HttpError(400, str(exc)) from None
 
     def _client(self) -> Any:

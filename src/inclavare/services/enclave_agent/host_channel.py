@@ -116,6 +116,21 @@ class HostChannel:
             raise HostChannelError("the node agent's quote is not base64") from None
         return tee, {"quote": quote}
 
+    def sealing_key(self, policy: str, key_id: bytes, isv_svn: int | None) -> tuple[bytes, int, int]:
+        """EGETKEY(SEAL), simulated by the node agent: ``(key, ISV SVN, ISV product id)``."""
+        request: dict[str, Any] = {"policy": policy, "key_id": base64.b64encode(key_id).decode()}
+        if isv_svn is not None:
+            request["isv_svn"] = isv_svn
+        doc = self._json("POST", "/v1/sealing-key", request)
+        try:
+            key = base64.b64decode(doc["key"], validate=True)
+            svn, prod_id = doc["isv_svn"], doc["isv_prod_id"]
+        except (TypeError, KeyError, binascii.Error):
+            raise HostChannelError("the node agent's sealing key answer is malformed") from None
+        if len(key) != 32 or type(svn) is not int or type(prod_id) is not int:
+            raise HostChannelError("the node agent's sealing key answer is malformed")
+        return key, svn, prod_id
+
     def collateral(self) -> bytes:
         return self._call("GET", "/v1/collateral")
 
