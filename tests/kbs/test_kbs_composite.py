@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from inclavare.tee.registry import SGX, TPM
 from inclavare.tee.sim_authority import SimAuthority
 from inclavare.tee.sim_sgx import SimSgxAttester
 from inclavare.tee.tpm import TpmAttester
-from tests.support.swtpm import Swtpm, require_swtpm, running_swtpm
+from tests.support.swtpm import Swtpm, swtpm_for_module
 
 MR_ENCLAVE = hashlib.sha256(b"the enclave").digest()
 SECRET = "kbs:///default/key/both"
@@ -37,11 +36,7 @@ BOTH = ('package policy\nimport rego.v1\ndefault allow := false\n'
         '  input.submods.cpu1["ear.trustworthiness-vector"].hardware == 2\n}\n')
 
 
-@pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    require_swtpm()
-    with running_swtpm(str(tmp_path_factory.mktemp("swtpm"))) as tpm:
-        yield tpm
+swtpm = pytest.fixture(scope="module", name="swtpm")(swtpm_for_module)
 
 
 @pytest.fixture(scope="module")

@@ -129,3 +129,10 @@ def running_swtpm(directory: str) -> Iterator[Swtpm]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def swtpm_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
+    """Body of a module-scoped ``swtpm`` fixture: ``swtpm = pytest.fixture(scope="module")(swtpm_for_module)``."""
+    require_swtpm()
+    with running_swtpm(str(tmp_path_factory.mktemp("swtpm"))) as tpm:
+        yield tpm

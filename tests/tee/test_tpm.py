@@ -8,7 +8,6 @@ import copy
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,16 +29,12 @@ from inclavare.verify.evidence import TrustConfig, verify_evidence
 from inclavare.verify.table import ready_tees
 from inclavare.verify.tpm import MalformedTpmEvidence
 from inclavare.verify.trust_files import load_trust
-from tests.support.swtpm import Swtpm, require_swtpm, running_swtpm
+from tests.support.swtpm import Swtpm, swtpm_for_module
 
 RD = hashlib.sha384(b"runtime data").digest()
 
 
-@pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    require_swtpm()
-    with running_swtpm(str(tmp_path_factory.mktemp("swtpm"))) as tpm:
-        yield tpm
+swtpm = pytest.fixture(scope="module", name="swtpm")(swtpm_for_module)
 
 
 @pytest.fixture(scope="module")
