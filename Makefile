@@ -8,10 +8,12 @@ RUNC ?= $(shell command -v runc 2>/dev/null || echo /usr/sbin/runc)
 PYTEST_ARGS ?=
 
 # Debian packages the project and its tests use (runc, busybox and the container engines the tests
-# drive; swtpm and skopeo for the TPM and image work; gcc for rune's native launcher).
+# drive; swtpm and skopeo for the TPM and image work; gcc for rune's native launcher; libtss2-dev,
+# pkg-config and libffi-dev to build tpm2-pytss, which PyPI ships as source only).
 APT_PACKAGES := runc busybox-static containerd podman skopeo umoci docker-registry \
 	swtpm swtpm-tools tpm2-tools containernetworking-plugins conmon uidmap \
-	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql mmdebstrap
+	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql mmdebstrap \
+	libtss2-dev pkg-config libffi-dev
 
 .PHONY: setup apt venv test demo bench clean
 

@@ -76,6 +76,25 @@ hardware := 2 if {
 
 configuration := 2 if input.snp.debug == false
 
+# --- TPM (additional evidence beside a CPU TEE, or alone) ---
+# The AK is trusted as a reference value (as Trustee): tpm_trusted_ak = SHA-256 of its SPKI (hex).
+# Each reference value tpm_pcr<N> names the accepted sha256 values of PCR N; all must match.
+hardware := 2 if matches("tpm_trusted_ak", input.tpm.ak_public_sha256)
+
+tpm_pcr_refs[index] := value if {
+	some name, value in data.reference
+	startswith(name, "tpm_pcr")
+	index := substring(name, 7, -1)
+}
+
+executables := 3 if {
+	input.tpm
+	count(tpm_pcr_refs) > 0
+	every index, _ in tpm_pcr_refs {
+		matches(concat("", ["tpm_pcr", index]), input.tpm.pcrs[index])
+	}
+}
+
 # An SNP guest launched with debug allowed: the host can read and write its memory. SGX and TDX
 # debug enclaves never get here (the verifier refuses them, as Intel's appraisal does); for SNP the
 # bit is the guest owner's launch policy, so it is judged here: contraindicated, whatever else.

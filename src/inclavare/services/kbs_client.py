@@ -7,7 +7,8 @@ and decrypts the JWE with that key. The key and the token stay in this object: n
 sees them. The token is renewed before it expires, and once more if the broker rejects it.
 
 The attester (``inclavare.tee.registry.Attester``) names its TEE and turns the report data
-(48 bytes; hardware attesters zero-pad to 64) into Trustee's evidence JSON for that TEE. Requests go through an :class:`HttpTransport` (TCP, or the node
+(48 bytes; hardware attesters zero-pad to 64) into Trustee's evidence JSON for that TEE; a :class:`~inclavare.tee.composite.CompositeAttester` adds
+device evidence (a TPM...) as ``additional_evidence``. Requests go through an :class:`HttpTransport` (TCP, or the node
 agent's opaque relay). Failures raise ``KbsError`` carrying the server's error type and detail.
 """
 
@@ -31,10 +32,12 @@ from inclavare.services.kbs.protocol import (
     KBS_PREFIX,
     PROTOCOL_VERSION,
     SESSION_COOKIE,
+    device_runtime_data,
     runtime_data,
     runtime_data_digest,
 )
 from inclavare.services.kbs.resource_path import parse_resource_path
+from inclavare.tee.composite import CompositeAttester
 from inclavare.tee.registry import Attester
 
 SUPPORTED_HASHES = ["sha256", "sha384", "sha512"]
@@ -118,18 +121,28 @@ class KbsClient:
             raise KbsError("KBS challenge has no nonce", kind="ProtocolError", status=0)
         key = ec.generate_private_key(ec.SECP256R1())
         pub = jwk_from_public_key(key.public_key(), alg=jwe.ECDH_ALG)
-        rd = runtime_data(pub, nonce, "")
+        additional = self._additional_evidence(pub, nonce)
+        rd = runtime_data(pub, nonce, additional)
         evidence = self.attester.evidence(runtime_data_digest(rd, probe_tee))
         body = _json_body(self._request("POST", "/attest", {
             "init-data": None,
             "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
-            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": additional},
         }), "/attest")
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str):
             raise KbsError("KBS attest response has no token", kind="ProtocolError", status=0)
         self._key, self._token, self._expiry = key, token, _token_expiry(token)
         return token
+
+    def _additional_evidence(self, pub: dict[str, Any], nonce: str) -> str:
+        """Trustee's ``additional_evidence``: ``""``, or JSON ``{tee: evidence}`` of a composite's
+        device attesters, each bound to H(JCS{tee-pubkey, nonce})."""
+        if not isinstance(self.attester, CompositeAttester):
+            return ""
+        bound = device_runtime_data(runtime_data(pub, nonce, ""))
+        return json.dumps({a.tee.name: a.evidence(runtime_data_digest(bound, a.tee.name))
+                           for a in self.attester.additional})
 
     def _fresh_token(self) -> str:
         if self._token is None or (self._expiry is not None

@@ -2,7 +2,7 @@
 
 Every TEE name (Trustee's spelling, as in a KBS ``Request.tee`` and as the key of its claims in
 the attestation token) is written here and nowhere else; other modules use :data:`SGX`,
-:data:`TDX`, :data:`SNP`, :data:`SAMPLE` or look a name up with :func:`tee_named`. Adding a TEE
+:data:`TDX`, :data:`SNP`, :data:`TPM`, :data:`SAMPLE` or look a name up with :func:`tee_named`. Adding a TEE
 is one attester module under ``inclavare/tee/``, one verifier module under ``inclavare/verify/``
 (registered in ``inclavare.verify.table``) and one :func:`register_tee` entry here (see
 docs/architecture.md, "Adding a TEE").
@@ -56,6 +56,7 @@ def pad_report_data(report_data: bytes) -> bytes:
 SGX = Tee("sgx", init_data_field="config_id")
 TDX = Tee("tdx", init_data_field="mr_config_id")
 SNP = Tee("snp", init_data_field="host_data")
+TPM = Tee("tpm")  # a TPM 2.0 (swtpm, a cloud vTPM); it cannot bind init-data
 SAMPLE = Tee("sample", hardware=False)
 
 _TEES: dict[str, Tee] = {}
@@ -94,5 +95,5 @@ def tee_of_evidence(evidence: Mapping[str, Any]) -> str:
     return next((name for name in _TEES if isinstance(evidence.get(name), Mapping)), "-")
 
 
-for _builtin in (SGX, TDX, SNP, SAMPLE):
+for _builtin in (SGX, TDX, SNP, TPM, SAMPLE):
     register_tee(_builtin)

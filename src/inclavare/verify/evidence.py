@@ -8,7 +8,8 @@ data (hash of the session's runtime data) and the configured trust. Verification
 :class:`TrustConfig` says what to trust: the SGX root CA(s) — Intel's by default; the simulated
 TEE's root only when configured — the DCAP collateral to verify with (picked by the quote's FMSPC,
 PCK CA and TEE; fixed documents and/or a provider such as the simulated authority), and the AMD
-ASK/ARK chains (and known VCEKs) for SNP. Repeated calls are cheap: parsed and verified collateral,
+ASK/ARK chains (and known VCEKs) for SNP, and the CA certificates a TPM's EK certificate must
+chain to. Repeated calls are cheap: parsed and verified collateral,
 chains and signatures are memoised (see ``inclavare.verify.dcap_chains``).
 """
 
@@ -57,13 +58,14 @@ CollateralProvider = Callable[[], Sequence[Collateral]]
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
     """What verification trusts. Defaults fail closed: Intel's root only, no collateral (DCAP
-    evidence is rejected until collateral is configured), no AMD chains (SNP rejected)."""
+    evidence is rejected until collateral is configured), no AMD chains (SNP rejected), no EK CAs (TPM rejected)."""
 
     sgx_root_cas: tuple[x509.Certificate, ...] = (INTEL_SGX_ROOT_CA,)
     collateral: tuple[Collateral, ...] = ()
     collateral_provider: CollateralProvider | None = None
     amd_chains: tuple[tuple[x509.Certificate, ...], ...] = ()
     vceks: tuple[x509.Certificate, ...] = ()
+    tpm_ek_cas: tuple[x509.Certificate, ...] = ()
 
     def collateral_documents(self) -> tuple[Collateral, ...]:
         provided = tuple(self.collateral_provider()) if self.collateral_provider else ()

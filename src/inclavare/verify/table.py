@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from inclavare.tee.registry import SGX, SNP, TDX, Tee, tee_named
+from inclavare.tee.registry import SGX, SNP, TDX, TPM, Tee, tee_named
 from inclavare.verify.dcap_verifier import dcap_ready, verify_dcap
 from inclavare.verify.evidence import TrustConfig, UnsupportedTee, Verdict
 from inclavare.verify.snp_verifier import snp_ready, verify_snp
+from inclavare.verify.tpm import tpm_ready, verify_tpm
 
 VerifyFn = Callable[[Tee, Mapping[str, Any], bytes | None, TrustConfig, dt.datetime], Verdict]
 
@@ -58,5 +59,6 @@ def ready_tees(trust: TrustConfig) -> frozenset[str]:
 
 
 _DCAP = VerifierEntry(verify_dcap, dcap_ready)
-for _tee, _entry in ((SGX, _DCAP), (TDX, _DCAP), (SNP, VerifierEntry(verify_snp, snp_ready))):
+for _tee, _entry in ((SGX, _DCAP), (TDX, _DCAP), (SNP, VerifierEntry(verify_snp, snp_ready)),
+                     (TPM, VerifierEntry(verify_tpm, tpm_ready))):
     register_verifier(_tee, _entry)

@@ -89,11 +89,13 @@ class CollateralFiles:
 
 
 def load_trust(*, roots: Sequence[str] = (), collateral: Sequence[str] = (), collateral_source: str | None = None,
-               amd_chains: Sequence[str] = (), vceks: Sequence[str] = (), first_root_only: bool = False) -> TrustConfig:
+               amd_chains: Sequence[str] = (), vceks: Sequence[str] = (), tpm_ek_cas: Sequence[str] = (),
+               first_root_only: bool = False) -> TrustConfig:
     """A TrustConfig from paths. ``roots``: PEM files of SGX root CAs (``intel`` for Intel's; none:
     Intel's only); ``collateral``: fixed collateral files; ``collateral_source``: a file or
     directory re-read on change; ``amd_chains``: ASK+ARK files, one chain each; ``vceks``: known
-    VCEKs. ``first_root_only`` keeps the first certificate of each root file (a simulated
+    VCEKs; ``tpm_ek_cas``: PEM files of the CAs (root and intermediates) TPM EK certificates chain
+    to. ``first_root_only`` keeps the first certificate of each root file (a simulated
     authority's export holds its root first)."""
     anchors: list[x509.Certificate] = []
     for path in roots:
@@ -108,4 +110,5 @@ def load_trust(*, roots: Sequence[str] = (), collateral: Sequence[str] = (), col
         collateral_provider=CollateralFiles(collateral_source) if collateral_source else None,
         amd_chains=tuple(load_certificates(p, "amd_ask_ark") for p in amd_chains),
         vceks=tuple(c for p in vceks for c in load_certificates(p, "amd_vcek")),
+        tpm_ek_cas=tuple(c for p in tpm_ek_cas for c in load_certificates(p, "tpm_ek_ca")),
     )

@@ -30,13 +30,19 @@ from inclavare.policy import ear
 from inclavare.policy.reference_values import active_values, check_name, parse_message
 from inclavare.policy.rego_policy import PolicyCache, PolicyError, RegoPolicy
 from inclavare.policy.rego_probe import probe_policy
-from inclavare.services.kbs.protocol import InitData, expected_report_data, runtime_data_digest
+from inclavare.services.kbs.protocol import (
+    InitData,
+    device_runtime_data,
+    expected_report_data,
+    runtime_data_digest,
+)
 from inclavare.services.kbs.sample_tee import verify_sample_evidence
 from inclavare.services.kbs.store import KbsStore
 from inclavare.tee.registry import SAMPLE, known_tees, tee_named
 
 log = logging.getLogger("inclavare.kbs")
 DEFAULT_POLICY_ID = "default_cpu"
+MAX_ADDITIONAL_EVIDENCE = 4  # device attesters per attest (CoCo: a TPM, a GPU or two)
 _INIT_DATA_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 # (tee, evidence, expected report data, now) -> (claims, simulated)
@@ -91,17 +97,45 @@ class BuiltinAttestationService:
                 return f"no verifier for {tee} evidence is available in this build"
             if tee not in self.hardware_tees:
                 return (f"nothing is configured to verify {tee} evidence (see [attestation] "
-                        "sgx_collateral, amd_ask_ark, insecure_sim_trust_anchor, insecure_sim_amd_ask_ark)")
+                        "sgx_collateral, amd_ask_ark, tpm_ek_ca, insecure_sim_trust_anchor, "
+                        "insecure_sim_amd_ask_ark)")
             return None
         return f"TEE {tee!r} is not supported by this attestation service"
 
     # --- evidence ---------------------------------------------------------------------------
     def verify_and_appraise(
-        self, tee: str, evidence: Any, runtime_data: Mapping[str, Any], init_data: InitData | None
+        self, tee: str, evidence: Any, runtime_data: Mapping[str, Any], init_data: InitData | None,
+        additional_evidence: str = "",
     ) -> AttestationResult:
+        """Verify the primary evidence (submodule ``cpu0``) and each additional evidence (Trustee's
+        ``additional_evidence``: ``cpu1``, ``cpu2``... in TEE-name order), appraise each, sign one
+        EAR token."""
         reason = self.supports(tee)
         if reason is not None:
             raise VerificationError(reason)
+        extra = _parse_additional(additional_evidence)
+        annotated = self._annotated(tee, evidence, runtime_data)
+        if init_data is not None:
+            annotated["init_data"], annotated["init_data_claims"] = _init_data(init_data)
+            init_field = tee_named(tee).init_data_field
+            if init_field is not None:
+                _check_init_data_binding(tee, init_field, annotated[tee], annotated["init_data"])
+        submods = {"cpu0": (self._appraise(annotated), annotated)}
+        # Additional attesters bind H(JCS{nonce, tee-pubkey}), without the additional evidence itself.
+        bound = device_runtime_data(runtime_data)
+        for index, name in enumerate(sorted(extra), start=1):
+            reason = self.supports(name)
+            if reason is not None:
+                raise VerificationError(f"additional evidence: {reason}")
+            device = self._annotated(name, extra[name], bound)
+            submods[f"cpu{index}"] = (self._appraise(device), device)
+        now = int(self.clock())
+        claims = ear.ear_claims(submods, now=now, lifetime_s=self.token_lifetime_s)
+        return AttestationResult(ear.sign_ear(claims, self.signing_key, self._signing_jwk), claims)
+
+    def _annotated(self, tee: str, evidence: Any, runtime_data: Mapping[str, Any]) -> dict[str, Any]:
+        """One TEE's evidence verified against the report data ``runtime_data`` hashes to, annotated
+        as Trustee does."""
         digest = runtime_data_digest(runtime_data, tee)
         report_data = expected_report_data(digest, tee)
         if tee == SAMPLE.name:
@@ -117,15 +151,7 @@ class BuiltinAttestationService:
         }
         if simulated:
             annotated["simulated"] = True
-        if init_data is not None:
-            annotated["init_data"], annotated["init_data_claims"] = _init_data(init_data)
-            init_field = tee_named(tee).init_data_field
-            if init_field is not None:
-                _check_init_data_binding(tee, init_field, tee_claims, annotated["init_data"])
-        appraisal = self._appraise(annotated)
-        now = int(self.clock())
-        claims = ear.ear_claims({"cpu0": (appraisal, annotated)}, now=now, lifetime_s=self.token_lifetime_s)
-        return AttestationResult(ear.sign_ear(claims, self.signing_key, self._signing_jwk), claims)
+        return annotated
 
     def _appraise(self, annotated: Mapping[str, Any]) -> ear.Appraisal:
         generation = self.store.generation()
@@ -182,6 +208,18 @@ class BuiltinAttestationService:
     def reference_values(self) -> dict[str, Any]:
         now = datetime.fromtimestamp(self.clock(), timezone.utc)
         return {rv.name: rv.record() for rv in self.store.reference_values() if rv.expiration > now}
+
+
+def _parse_additional(text: str) -> dict[str, Any]:
+    """Trustee's ``additional_evidence``: ``""`` or a JSON object ``{tee name: evidence}``."""
+    if not text:
+        return {}
+    doc = loads_strict(text.encode(), "additional_evidence")
+    if not isinstance(doc, dict) or not doc:
+        raise FormatError("additional_evidence must be a JSON object {tee: evidence}")
+    if len(doc) > MAX_ADDITIONAL_EVIDENCE:
+        raise FormatError(f"additional_evidence carries more than {MAX_ADDITIONAL_EVIDENCE} TEEs")
+    return doc
 
 
 def _set_policy_error(detail: str) -> KbsError:

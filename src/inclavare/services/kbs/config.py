@@ -49,6 +49,7 @@ class AttestationConfig:
     sgx_collateral: str | None = None
     amd_ask_ark: tuple[str, ...] = ()
     amd_vceks: tuple[str, ...] = ()
+    tpm_ek_ca: tuple[str, ...] = ()  # PEM files of the CAs TPM EK certificates chain to
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ MAX_WORKERS = 64
 _ATTESTATION = {
     "token_signing_key": str, "token_lifetime_seconds": int, "insecure_sim_trust_anchor": str,
     "insecure_sim_collateral": str, "insecure_sim_amd_ask_ark": str, "sgx_collateral": str, "amd_ask_ark": list, "amd_vceks": list,
+    "tpm_ek_ca": list,
 }
 _LIMITS = {
     "request_timeout_seconds": (int, float), "keep_alive_timeout_seconds": (int, float),
@@ -250,6 +252,7 @@ def parse_config(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             sgx_collateral=_path(base_dir, att.get("sgx_collateral")),
             amd_ask_ark=_paths(base_dir, att.get("amd_ask_ark", []), "amd_ask_ark"),
             amd_vceks=_paths(base_dir, att.get("amd_vceks", []), "amd_vceks"),
+            tpm_ek_ca=_paths(base_dir, att.get("tpm_ek_ca", []), "tpm_ek_ca"),
         ),
         limits=_limits(doc.get("limits", {})),
     )

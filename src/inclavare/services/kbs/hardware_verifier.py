@@ -33,7 +33,7 @@ SIMULATED_TEES = frozenset({SGX.name, TDX.name, SNP.name})
 
 def _real_trust(config: AttestationConfig) -> TrustConfig:
     return load_trust(collateral_source=config.sgx_collateral, amd_chains=config.amd_ask_ark,
-                      vceks=config.amd_vceks)
+                      vceks=config.amd_vceks, tpm_ek_cas=config.tpm_ek_ca)
 
 
 def _sim_trust(config: AttestationConfig) -> TrustConfig | None:

@@ -33,6 +33,7 @@ KNOWN_TEES = frozenset({
 })
 UNPADDED_TEES = frozenset({"sample", "sampledevice"})
 HARDWARE_REPORT_DATA_LEN = 64
+ADDITIONAL_EVIDENCE = "additional-evidence"
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 
 
@@ -130,7 +131,13 @@ def parse_attestation(body: bytes) -> Attestation:
 
 
 def runtime_data(tee_pubkey: Mapping[str, Any], nonce: str, additional_evidence: str) -> dict[str, Any]:
-    return {"tee-pubkey": dict(tee_pubkey), "nonce": nonce, "additional-evidence": additional_evidence}
+    return {"tee-pubkey": dict(tee_pubkey), "nonce": nonce, ADDITIONAL_EVIDENCE: additional_evidence}
+
+
+def device_runtime_data(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What additional (device) attesters bind: the runtime data without the additional evidence
+    itself (guest-components' rcar_client hashes ``{tee-pubkey, nonce}`` for them)."""
+    return {k: v for k, v in doc.items() if k != ADDITIONAL_EVIDENCE}
 
 
 def runtime_data_digest(doc: Mapping[str, Any], tee: str) -> bytes:

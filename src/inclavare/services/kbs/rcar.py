@@ -71,12 +71,11 @@ class RcarHandshake:
             tee_key = check_recipient_jwk(attestation.tee_pubkey)
         except FormatError as exc:
             raise attest_error(f"invalid tee-pubkey: {exc}") from exc
-        if attestation.additional_evidence:
-            raise attest_error("additional (device) evidence is not supported by this KBS")
         rd = runtime_data(attestation.tee_pubkey, attestation.nonce, attestation.additional_evidence)
         try:
             result = self.attestation.verify_and_appraise(
-                session.tee, attestation.primary_evidence, rd, attestation.init_data
+                session.tee, attestation.primary_evidence, rd, attestation.init_data,
+                attestation.additional_evidence,
             )
         except KbsError:
             raise
