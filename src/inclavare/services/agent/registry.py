@@ -49,6 +49,13 @@ class Registration:
     def tee(self) -> str:
         return self.enclave.get("type", "")
 
+    @property
+    def simulated_tee(self) -> str:
+        """The TEE the node's simulated platform quotes for ('' for hardware enclave types)."""
+        from inclavare.runtime.enclave_config import simulated_tee
+
+        return simulated_tee(self.tee, self.enclave.get("path", ""))
+
     def public(self) -> dict[str, Any]:
         # by hand: dataclasses.asdict deep-copies, and this runs on every create
         return {"id": self.id, "root": self.root, "runc": self.runc, "bundle": self.bundle,

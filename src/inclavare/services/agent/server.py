@@ -73,7 +73,8 @@ class Agent:
             "agent_epc_in_use_mib": ("EPC held by running sim enclaves (MiB)", self.registry.epc_in_use),
             "agent_epc_capacity_mib": ("the simulated TEE's EPC (MiB; 0: not accounted)", lambda: self.epc_mib),
         })
-        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay, self.metrics)
+        quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"))
+        self.channels = Channels(self.registry, quoter, self.relay, self.metrics)
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
