@@ -120,3 +120,65 @@ def test_hardware_vm_types_fail_closed_without_the_sim_runtime(vm_rune: Rune, bu
             "enclave.type": tee.name, "enclave.runtime.path": "/usr/lib/libpal.so"}), "hw2")
         assert other.returncode != 0 and "confidential VM" in other.stderr, other.stderr
         assert len(other.stderr.strip().splitlines()) == 1 and "Traceback" not in other.stderr
+
+
+def _chain(*events: str) -> str:
+    """The RTMR after extending a zero register with each event text's SHA-384, recomputed here."""
+    import hashlib
+
+    value = bytes(48)
+    for text in events:
+        value = hashlib.sha384(value + hashlib.sha384(text.encode()).digest()).digest()
+    return value.hex()
+
+
+def test_rtmr_extension_reaches_the_td_quote_and_the_policy(
+        vm_kbs: tuple[KbsProcess, AgentProcess], vm_rune: Rune, bundle_factory: BundleFactory,
+        tmp_path: Path) -> None:
+    """`attest extend` (CoCo's ExtendRuntimeMeasurement at /aa/aael) extends RTMR3 (default PCR 17)
+    and RTMR2 (PCR 8); the next TD quote carries the SHA-384 chain; a policy requiring these RTMRs
+    releases the secret, one requiring another value refuses it. RTMR0/1 and SNP are refused."""
+    kbs, agent = vm_kbs
+    extend = (f'{ATTEST} extend app load "image=sha256:ab cd" >/dev/null && '
+              f'{ATTEST} extend app config "x=\\"1\\"" >/dev/null && '
+              f'{ATTEST} extend app start now --index 8 >/dev/null && ')
+    rtmr3 = _chain('app load image=sha256:ab cd', 'app config x="1"')
+    rtmr2 = _chain("app start now")
+
+    asker = bundle_factory(["/bin/sh", "-c", extend + f"{ATTEST} evidence"], annotations=annotations(TDX))
+    ev = vm_rune("run", "--bundle", asker, "rtmr-evidence")
+    assert ev.returncode == 0, ev.stderr
+    (tmp_path / "evidence.json").write_text(ev.stdout)
+    sim = Path(kbs.directory) / "sim"
+    v = subprocess.run([str(Path(sys.executable).parent / "inclavare"), "verify", "--json", "--trust-anchor",
+                        str(sim / "root-ca.pem"), "--collateral", str(sim / "tdx-collateral.json"),
+                        str(tmp_path / "evidence.json")], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stderr
+    claims = json.loads(v.stdout)["claims"]
+    assert (claims["rtmr3"], claims["rtmr2"], claims["rtmr1"], claims["rtmr0"]) == (rtmr3, rtmr2, "00" * 48, "00" * 48)
+
+    fetch = bundle_factory(["/bin/sh", "-c", extend + f"{ATTEST} resource kbs:///tenant/rtmr/key"],
+                           annotations=annotations(TDX))
+    mr_td = measure(fetch, agent.env) + "00" * 16
+    assert kbs.admin("POST", "/resource/tenant/rtmr/key", b"after-extend").status_code == 200
+
+    def require(rtmr3_value: str) -> None:
+        kbs.set_resource_policy(
+            'package policy\nimport rego.v1\ndefault allow := false\n'
+            'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
+            f'allow if {{ data.plugin == "resource"; ev.tdx.mr_td == "{mr_td}"; '
+            f'ev.tdx.rtmr3 == "{rtmr3_value}"; ev.tdx.rtmr2 == "{rtmr2}" }}\n')
+
+    require(rtmr3)
+    ok = vm_rune("run", "--bundle", fetch, "rtmr-good")
+    assert (ok.returncode, ok.stdout) == (0, "after-extend"), ok.stderr
+    require(_chain('app load image=sha256:ab cd'))  # the chain without the second event
+    denied = vm_rune("run", "--bundle", fetch, "rtmr-other")
+    assert denied.returncode == 1 and "PolicyDeny" in denied.stderr and denied.stdout == "", denied.stderr
+
+    firmware = vm_rune("run", "--bundle", bundle_factory([ATTEST, "extend", "a", "b", "c", "--index", "1"],
+                                                         annotations=annotations(TDX)), "rtmr-firmware")
+    assert firmware.returncode == 1 and "maps to RTMR0, which only the firmware extends" in firmware.stderr
+    snp = vm_rune("run", "--bundle", bundle_factory([ATTEST, "extend", "a", "b", "c"], annotations=annotations(SNP)),
+                  "rtmr-snp")
+    assert snp.returncode == 1 and "extend TDX RTMRs; this enclave is snp" in snp.stderr, snp.stderr

@@ -12,6 +12,9 @@
  *   attest token                              print a key broker attestation token
  *   attest resource kbs:///REPO/TYPE/TAG      print the secret stored at that path
  *   attest unseal SEALED                      print the plaintext of a sealed secret ("-": stdin)
+ *   attest extend DOMAIN OPERATION CONTENT [--index N]
+ *                                             record a runtime measurement (TDX RTMR; CoCo's
+ *                                             ExtendRuntimeMeasurement, N a PCR index)
  *
  * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
  * usage errors.
@@ -34,7 +37,8 @@ static void usage(void)
 		"usage: attest evidence [--runtime-data STRING]\n"
 		"       attest token\n"
 		"       attest resource kbs:///REPO/TYPE/TAG\n"
-		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-\n");
+		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-\n"
+		"       attest extend DOMAIN OPERATION CONTENT [--index N]\n");
 	exit(2);
 }
 
@@ -92,6 +96,60 @@ static int valid_segment(const char *s, size_t len)
 }
 
 static int request_body(const char *method, const char *path, const char *body, size_t body_size);
+
+/* Append s to out as a JSON string (quotes, backslashes and control characters escaped). */
+static char *json_string(char *out, const char *s)
+{
+	*out++ = '"';
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			*out++ = '\\';
+			*out++ = (char)c;
+		} else if (c < 0x20) {
+			out += sprintf(out, "\\u%04x", c);
+		} else {
+			*out++ = (char)c;
+		}
+	}
+	*out++ = '"';
+	*out = '\0';
+	return out;
+}
+
+/* POST /aa/aael {"domain", "operation", "content"[, "register_index"]} */
+static int extend(int argc, char **argv)
+{
+	const char *fields[3];
+	const char *index = NULL;
+	int n = 0;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--index") == 0 && i + 1 < argc)
+			index = argv[++i];
+		else if (n < 3)
+			fields[n++] = argv[i];
+		else
+			usage();
+	}
+	if (n != 3 || (index && (strspn(index, "0123456789") != strlen(index) || !*index || strlen(index) > 9)))
+		usage();
+	size_t size = 128;
+	for (int k = 0; k < 3; k++)
+		size += 6 * strlen(fields[k]) + 32;
+	char *body = malloc(size), *p = body;
+	if (!body)
+		return 1;
+	static const char *names[3] = { "domain", "operation", "content" };
+	*p++ = '{';
+	for (int k = 0; k < 3; k++) {
+		p += sprintf(p, "%s\"%s\":", k ? "," : "", names[k]);
+		p = json_string(p, fields[k]);
+	}
+	if (index)
+		p += sprintf(p, ",\"register_index\":%s", index);
+	*p++ = '}';
+	return request_body("POST", "/aa/aael", body, (size_t)(p - body));
+}
 
 static int request(const char *path)
 {
@@ -265,6 +323,8 @@ int main(int argc, char **argv)
 		}
 		return request_body("POST", "/cdh/secret/unseal", sealed, n);
 	}
+	if (strcmp(argv[1], "extend") == 0)
+		return extend(argc, argv);
 	usage();
 	return 2;
 }

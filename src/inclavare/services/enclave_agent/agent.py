@@ -31,7 +31,10 @@ from typing import Any
 from inclavare.services.enclave_agent.host_channel import HostChannel, HostChannelError
 from inclavare.services.peer import Namespaces, Peer, own_namespaces
 from inclavare.services.unix_http import HttpError, Request, Response
+from inclavare.errors import ConfigError
 from inclavare.tee.node_quote import NodeQuoteAttester, NodeQuoteError
+from inclavare.tee.registry import TDX
+from inclavare.tee.rtmr import runtime_measurement_request  # imported here: the runtime folder ships what this imports
 
 log = logging.getLogger("inclavare.enclave_agent")
 
@@ -100,10 +103,6 @@ class EnclaveAgent:
         raise HttpError(404, f"no such endpoint: {path}")
 
     def _extend_runtime_measurement(self, request: Request) -> dict[str, Any]:
-        from inclavare.errors import ConfigError
-        from inclavare.tee.registry import TDX
-        from inclavare.tee.rtmr import runtime_measurement_request
-
         try:
             rtmr, digest, event = runtime_measurement_request(request.json())
         except ConfigError as exc:
