@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from inclavare.tee.registry import SNP, TDX, Tee
-from inclavare.tee.sim_amd import SimAmdAuthority
-from inclavare.tee.sim_authority import SimAuthority
 from tests.conftest import BundleFactory
-from tests.enclave.conftest import Rune, measure
-from tests.kbs.kbs_harness import KbsProcess, config_text, write_admin_keys
+from tests.enclave.conftest import Rune, measure, rune_with
+from tests.kbs.kbs_harness import KbsProcess
 from tests.support.agent import AgentProcess
+from tests.support.enclave_kbs import agent_and_kbs
 
 pytestmark = pytest.mark.root
 
@@ -39,31 +38,16 @@ def annotations(tee: Tee, **extra: str) -> dict[str, str]:
 def vm_kbs(tmp_path_factory: pytest.TempPathFactory, rune_bin: str) -> Iterator[tuple[KbsProcess, AgentProcess]]:
     """A node agent (its simulated Intel and AMD authorities exported) and a key broker that
     trusts the simulated roots explicitly."""
-    work = tmp_path_factory.mktemp("vm-tees")
-    kbs_dir = work / "kbs"
-    kbs_dir.mkdir()
-    (work / "agent").mkdir()
-    agent = AgentProcess(work / "agent")
-    SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(kbs_dir / "sim"))
-    SimAmdAuthority.load_or_create(str(agent.state_dir / "amd")).export(str(kbs_dir / "amd"))
-    kbs = KbsProcess(str(kbs_dir), config_text("sqlite:///kbs.db", sample=False, extra=(
-        '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\ninsecure_sim_collateral = "sim"\n'
-        'insecure_sim_amd_ask_ark = "amd/ask_ark.pem"\n')), write_admin_keys(str(kbs_dir))).start()
-    agent.kbs_url = kbs.url
-    agent.start()
-    try:
-        yield kbs, agent
-    finally:
-        agent.stop()
-        kbs.stop()
+    with agent_and_kbs(tmp_path_factory.mktemp("vm-tees"), amd=True, attestation=(
+            'insecure_sim_trust_anchor = "sim/root-ca.pem"\ninsecure_sim_collateral = "sim"\n'
+            'insecure_sim_amd_ask_ark = "amd/ask_ark.pem"\n')) as both:
+        yield both
 
 
 @pytest.fixture
-def vm_rune(vm_kbs: tuple[KbsProcess, AgentProcess], rune_bin: str, runc_root: str, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Rune:
-    for k, v in vm_kbs[1].env.items():
-        monkeypatch.setenv(k, v)
-    return Rune(rune_bin, runc_root, tmp_path)
+def vm_rune(vm_kbs: tuple[KbsProcess, AgentProcess], monkeypatch: pytest.MonkeyPatch, rune_bin: str, runc_root: str,
+            tmp_path: Path) -> Rune:
+    return rune_with(vm_kbs[1], monkeypatch, rune_bin, runc_root, tmp_path)
 
 
 def policy(tee: Tee, value: str) -> str:
