@@ -93,7 +93,7 @@ class Quoter:
         self._amd_dir = amd_dir
         self._amd: Any = None
         self._lock = threading.Lock()
-        self.rtmrs: dict[str, Rtmrs] = {}
+        self.rtmrs: dict[str, tuple[float, Rtmrs]] = {}  # key -> (registered_at, registers)
 
     def _load_amd(self) -> Any:
         with self._lock:
@@ -120,7 +120,7 @@ class Quoter:
         from inclavare.tee.sim_platform import sim_attester
 
         tee = tee_named(self.tee_of(reg))
-        rtmrs = self.rtmrs[reg.key].values() if tee == TDX and reg.key in self.rtmrs else None
+        rtmrs = self._registers(reg).values() if tee == TDX else None
         attester = sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs)
         return tee.name, attester.evidence(report_data)
 
@@ -131,12 +131,19 @@ class Quoter:
             raise HttpError(400, "index is an RTMR number (2 or 3)")
         if len(digest) != RTMR_SIZE:
             raise HttpError(400, f"digest is {RTMR_SIZE} bytes (SHA-384)")
-        with self._lock:
-            registers = self.rtmrs.setdefault(reg.key, Rtmrs())
         try:
-            return registers.extend(index, digest)
+            return self._registers(reg).extend(index, digest)
         except ConfigError as exc:
             raise HttpError(400, str(exc)) from None
+
+    def _registers(self, reg: Registration) -> Rtmrs:
+        """The registration's RTMRs: zero for a new registration, even under a reused key (a
+        container re-created with the same id is a new TD)."""
+        with self._lock:
+            known = self.rtmrs.get(reg.key)
+            if known is None or known[0] != reg.registered_at:
+                known = self.rtmrs[reg.key] = (reg.registered_at, Rtmrs())
+            return known[1]
 
     def collateral_json(self, reg: Registration) -> bytes:
         tee = self.tee_of(reg)

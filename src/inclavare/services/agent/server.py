@@ -166,7 +166,7 @@ class Agent:
         rid = request_id()  # in the answer too, so the caller's record and the agent's line meet
         event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
               reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
-              epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=rid)
+              epc_mib=reg.epc_mib, simulated=bool(reg.simulated_tee), request_id=rid)
         return {**reg.public(), "channel": channel, "request_id": rid}
 
     def describe(self, reg: Registration) -> dict[str, Any]:
