@@ -54,6 +54,13 @@ def rune(rune_bin: str, runc_root: str, tmp_path: Path, enclave_env: dict[str, s
     return Rune(rune_bin, runc_root, tmp_path)
 
 
+def rune_with(agent: AgentProcess, monkeypatch: pytest.MonkeyPatch, rune_bin: str, runc_root: str, tmp_path: Path) -> Rune:
+    """rune pointed at ``agent`` (its environment set for the test)."""
+    for k, v in agent.env.items():
+        monkeypatch.setenv(k, v)
+    return Rune(rune_bin, runc_root, tmp_path)
+
+
 def measure(bundle: str, env: dict[str, str]) -> str:
     inclavare = str(Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "inclavare")
     import sys

@@ -16,9 +16,10 @@ import pytest
 
 from inclavare.tee.sim_authority import SimAuthority
 from tests.conftest import BundleFactory
-from tests.enclave.conftest import Rune, measure
+from tests.enclave.conftest import Rune, measure, rune_with
 from tests.kbs.kbs_harness import KbsProcess, config_text, write_admin_keys
 from tests.support.agent import AgentProcess
+from tests.support.enclave_kbs import agent_and_kbs
 
 pytestmark = pytest.mark.root
 
@@ -28,31 +29,15 @@ SIM = {"enclave.type": "sim"}
 
 @pytest.fixture(scope="module")
 def kbs_and_agent(tmp_path_factory: pytest.TempPathFactory, rune_bin: str) -> Iterator[tuple[KbsProcess, AgentProcess]]:
-    work = tmp_path_factory.mktemp("workload-kbs")
-    kbs_dir = work / "kbs"
-    kbs_dir.mkdir()
-    agent = AgentProcess(work / "agent-home")
-    (work / "agent-home").mkdir()
-    SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(kbs_dir / "sim"))
-    key = write_admin_keys(str(kbs_dir))
-    kbs = KbsProcess(str(kbs_dir), config_text("sqlite:///kbs.db", sample=False, extra=(
-        '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\n'
-        'insecure_sim_collateral = "sim/collateral.json"\n')), key).start()
-    agent.kbs_url = kbs.url
-    agent.start()
-    try:
-        yield kbs, agent
-    finally:
-        agent.stop()
-        kbs.stop()
+    with agent_and_kbs(tmp_path_factory.mktemp("workload-kbs"), attestation=(
+            'insecure_sim_trust_anchor = "sim/root-ca.pem"\ninsecure_sim_collateral = "sim/collateral.json"\n')) as both:
+        yield both
 
 
 @pytest.fixture
-def rune_k(kbs_and_agent: tuple[KbsProcess, AgentProcess], rune_bin: str, runc_root: str, tmp_path: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Rune:
-    for k, v in kbs_and_agent[1].env.items():
-        monkeypatch.setenv(k, v)
-    return Rune(rune_bin, runc_root, tmp_path)
+def rune_k(kbs_and_agent: tuple[KbsProcess, AgentProcess], monkeypatch: pytest.MonkeyPatch, rune_bin: str, runc_root: str,
+           tmp_path: Path) -> Rune:
+    return rune_with(kbs_and_agent[1], monkeypatch, rune_bin, runc_root, tmp_path)
 
 
 def test_token_and_resource_released_to_the_measured_container_only(

@@ -26,13 +26,11 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     "formats/snp.py": (frozenset({"snp"}), "wire format: the SNP firmware component of AMD's TCB version"),
     # 'sim' below is the simulated enclave *type and runtime* (OCI annotation enclave.type=sim,
     # rune's built-in PAL, the authority's state directory, the CLI's subcommand/choice names),
-    # not a TEE: the enclave type that selects a TEE is items 2-3 of issue 12.
-    "runtime/enclave_config.py": (frozenset({"sim"}), "wire format: the enclave.type annotation value"),
+    # not a TEE: which TEE a simulated container gets is tee/simulated.simulated_tee.
+    "tee/simulated.py": (frozenset({"sim"}), "wire format: the enclave.type and runtime annotation values"),
     "runtime/pal/sim.py": (frozenset({"sim"}), "the built-in PAL's name"),
     "runtime/enclave_prepare.py": (frozenset({"sim"}), "enclave runtime name (rune)"),
     "runtime/enclave_commands.py": (frozenset({"sim"}), "enclave runtime/type name (rune)"),
-    "services/agent/channel.py": (frozenset({"sim"}), "enclave type recorded by rune"),
-    "services/agent/registry.py": (frozenset({"sim"}), "enclave type recorded by rune"),
     "services/agent/server.py": (frozenset({"sim"}), "enclave type and the authority's state directory"),
     "cli/agent_cmd.py": (frozenset({"sim"}), "enclave type shown by `inclavare agent`"),
     "cli/sim_cmd.py": (frozenset({"sim"}), "the `inclavare sim` subcommand"),

@@ -90,6 +90,7 @@ def _verify(args: argparse.Namespace) -> int:
     import base64
 
     from inclavare.formats.evidence import load_evidence
+    from inclavare.tee.sim_pki import is_simulated
     from inclavare.verify.evidence import verify_evidence
     from inclavare.verify.trust_files import load_trust
 
@@ -116,7 +117,8 @@ def _verify(args: argparse.Namespace) -> int:
         if evidence.snp_report is None:
             raise ConfigError("evidence is neither a DCAP quote nor an SNP report")
         trust = load_trust(amd_chains=[args.ca], vceks=[args.vcek])
-        simulated = False
+        simulated = bool(trust.amd_chains) and all(  # only a simulated ASK/ARK vouched for it
+            is_simulated(c) for chain in trust.amd_chains for c in chain)
         verdict = verify_evidence(evidence.tee, {"attestation_report": encoded}, report_data=None,
                                   trust=trust, now=now)
     result = {"tee": verdict.tee, "simulated": simulated, "status": verdict.status,

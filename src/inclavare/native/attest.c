@@ -19,6 +19,9 @@
  *
  * IN and OUT default to stdin and stdout; OUT is written only on success (a temporary file
  * renamed into place). At most 1 MiB is read.
+ *   attest extend DOMAIN OPERATION CONTENT [--index N]
+ *                                             record a runtime measurement (TDX RTMR; CoCo's
+ *                                             ExtendRuntimeMeasurement, N a PCR index)
  *
  * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
  * usage errors.
@@ -48,7 +51,8 @@ static void usage(void)
 		"       attest token\n"
 		"       attest resource kbs:///REPO/TYPE/TAG\n"
 		"       attest unseal sealed.HEADER.PAYLOAD.SIGNATURE|-|FILE [OUT]\n"
-		"       attest seal [--policy mrenclave|mrsigner] [--svn N] [IN|- [OUT]]\n");
+		"       attest seal [--policy mrenclave|mrsigner] [--svn N] [IN|- [OUT]]\n"
+		"       attest extend DOMAIN OPERATION CONTENT [--index N]\n");
 	exit(2);
 }
 
@@ -202,6 +206,58 @@ static int unseal_input(const char *in, const char *out)
 	fprintf(stderr, "attest: %s is neither a sealed secret (sealed.…) nor sealed data (INCLSEAL…)\n",
 		strcmp(in, "-") ? in : "stdin");
 	return 2;
+/* Append s to out as a JSON string (quotes, backslashes and control characters escaped). */
+static char *json_string(char *out, const char *s)
+{
+	*out++ = '"';
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			*out++ = '\\';
+			*out++ = (char)c;
+		} else if (c < 0x20) {
+			out += sprintf(out, "\\u%04x", c);
+		} else {
+			*out++ = (char)c;
+		}
+	}
+	*out++ = '"';
+	*out = '\0';
+	return out;
+}
+
+/* POST /aa/aael {"domain", "operation", "content"[, "register_index"]} */
+static int extend(int argc, char **argv)
+{
+	const char *fields[3];
+	const char *index = NULL;
+	int n = 0;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--index") == 0 && i + 1 < argc)
+			index = argv[++i];
+		else if (n < 3)
+			fields[n++] = argv[i];
+		else
+			usage();
+	}
+	if (n != 3 || (index && (strspn(index, "0123456789") != strlen(index) || !*index || strlen(index) > 9)))
+		usage();
+	size_t size = 128;
+	for (int k = 0; k < 3; k++)
+		size += 6 * strlen(fields[k]) + 32;
+	char *body = malloc(size), *p = body;
+	if (!body)
+		return 1;
+	static const char *names[3] = { "domain", "operation", "content" };
+	*p++ = '{';
+	for (int k = 0; k < 3; k++) {
+		p += sprintf(p, "%s\"%s\":", k ? "," : "", names[k]);
+		p = json_string(p, fields[k]);
+	}
+	if (index)
+		p += sprintf(p, ",\"register_index\":%s", index);
+	*p++ = '}';
+	return request_body("POST", "/aa/aael", body, (size_t)(p - body));
 }
 
 static int request(const char *path)
@@ -367,6 +423,8 @@ int main(int argc, char **argv)
 		out_path = argc == 4 ? argv[3] : NULL;
 		return request_body("POST", "/cdh/secret/unseal", sealed, strlen(sealed));
 	}
+	if (strcmp(argv[1], "extend") == 0)
+		return extend(argc, argv);
 	usage();
 	return 2;
 }

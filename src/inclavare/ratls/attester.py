@@ -24,15 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote_from_bytes
 
-from inclavare.errors import AgentError, ConfigError, InclavareError, NotSupportedError
+from inclavare.errors import AgentError, ConfigError, InclavareError
 from inclavare.formats.collateral import Collateral
 from inclavare.ratls.certificate import TAG_INTEL_TEE_QUOTE, TAG_SEV_SNP
 from inclavare.tee.registry import pad_report_data
+from inclavare.tee.tsm import TSM_REPORT_DIR
 
 AGENT_SOCKET_ENV = "INCLAVARE_AGENT_SOCKET"
 IN_CONTAINER_AGENT_SOCKET = "/run/inclavare/agent.sock"
-TSM_REPORT_DIR = "/sys/kernel/config/tsm/report"
-MAX_EVIDENCE = 1 << 20
 
 
 class AttesterError(InclavareError):
@@ -141,43 +140,13 @@ class TsmAttester:
         return os.path.isdir(report_dir)
 
     def evidence(self, report_data: bytes) -> RawEvidence:
-        data = pad_report_data(report_data)
-        entry = os.path.join(self.report_dir, f"inclavare-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            os.mkdir(entry)
-        except OSError as exc:
-            raise AttesterError(f"configfs-tsm: cannot create a report entry: {exc.strerror}") from None
-        try:
-            provider = self._read(entry, "provider").decode("ascii", "replace").strip()
-            tag = self._TAGS.get(provider)
-            if tag is None:
-                raise NotSupportedError(f"configfs-tsm provider {provider!r} is not supported "
-                                        "(tdx_guest, sev_guest)")
-            before = int(self._read(entry, "generation") or b"0")
-            with open(os.path.join(entry, "inblob"), "wb") as handle:
-                handle.write(data)
-            blob = self._read(entry, "outblob")
-            after = int(self._read(entry, "generation") or b"0")
-            if after != before + 1:
-                raise AttesterError("configfs-tsm: another writer raced this report; try again")
-            return RawEvidence(tag, blob)
-        except OSError as exc:
-            raise AttesterError(f"configfs-tsm: {exc.strerror or exc}") from None
-        except ValueError:
-            raise AttesterError("configfs-tsm: unreadable generation counter") from None
-        finally:
-            try:
-                os.rmdir(entry)
-            except OSError:
-                pass
+        from inclavare.tee.tsm import TsmError, tsm_report
 
-    @staticmethod
-    def _read(entry: str, name: str) -> bytes:
-        with open(os.path.join(entry, name), "rb") as handle:
-            data = handle.read(MAX_EVIDENCE + 1)
-        if len(data) > MAX_EVIDENCE:
-            raise AttesterError(f"configfs-tsm: {name} is too large")
-        return data
+        try:
+            report = tsm_report(report_data, self.report_dir)
+        except TsmError as exc:
+            raise AttesterError(str(exc)) from None
+        return RawEvidence(self._TAGS[report.provider], report.outblob)
 
     def endorsements(self) -> Collateral | None:
         return None

@@ -128,7 +128,7 @@ def attest(inv: Invocation, runc: str, log: RuneLog) -> int:
             raise InclavareError(f"container {cid} does not exist in {inv.root} (containers started by "
                                  "containerd live under --root /run/containerd/runc/NAMESPACE)")
         raise InclavareError(f"container {cid} is not an enclave container")
-    if record.enclave.get("type") != "sim":
+    if record.runtime != "sim":
         raise NotSupportedError(
             f"container {cid} is a {record.enclave.get('type')} enclave: it attests inside its LibOS "
             "(Occlum init_ra, Gramine /dev/attestation); rune attest serves simulated enclaves")

@@ -28,6 +28,12 @@ Stricter than upstream (a container that asked for an enclave must never run out
 a typo must not silently change behaviour): an unknown enclave type or attestation type is an
 error rather than being ignored.
 
+Beyond upstream: the VM TEE types ``tdx`` and ``snp`` (Trustee's names, from the TEE registry)
+run only with ``enclave.runtime.path=sim`` — a simulated TD / SNP guest on the node agent's
+simulated platform. A real TD or SNP guest is a confidential VM (Kata/CoCo), which this
+installation does not launch, so any other runtime (or none) is refused. ``sim`` alone is the
+simulated SGX enclave, as before.
+
 This module is on rune's create path, so its values are plain immutable classes rather than
 dataclasses (importing ``dataclasses`` costs more than the whole decision).
 """
@@ -36,16 +42,18 @@ from __future__ import annotations
 
 from inclavare.errors import EnclaveConfigError
 from inclavare.immutable import Immutable
+from inclavare.tee.simulated import SIM_RUNTIME, SIM_TYPE, is_simulated, simulated_tee, vm_tee_types
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-TYPE_SIM = "sim"
+TYPE_SIM = SIM_TYPE
 TYPE_INTEL_SGX = "intelSgx"
 TYPE_NITRO = "AwsNitroEnclaves"
 TYPE_JAILHOUSE = "Jailhouse"
 ENCLAVE_TYPES = (TYPE_SIM, TYPE_INTEL_SGX, TYPE_NITRO, TYPE_JAILHOUSE)
+RUNTIME_SIM = SIM_RUNTIME  # the built-in runtime that simulates a TEE (enclave.runtime.path)
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "fatal", "panic", "off")
 DEFAULT_LOG_LEVEL = "info"
@@ -84,6 +92,11 @@ class EnclaveConfig(Immutable):
                  ra_epid_subscription_key: str = "") -> None:
         self._set(type=type, runtime_path=runtime_path, runtime_args=runtime_args, log_level=log_level,
                   ra_type=ra_type, ra_epid_spid=ra_epid_spid, ra_epid_subscription_key=ra_epid_subscription_key)
+
+    @property
+    def simulated(self) -> bool:
+        """Run by the built-in sim runtime (the enclave side lives in the container)."""
+        return is_simulated(self.type, self.runtime_path)
 
     def as_dict(self) -> dict[str, str]:
         """Upstream's ``InitEnclaveConfig`` JSON field names (what a runelet is handed)."""
@@ -169,9 +182,15 @@ def _one_line(value: str) -> str:
 
 def _validate(etype: str, v: dict[str, str]) -> EnclaveConfig:
     if etype not in ENCLAVE_TYPES:
-        raise EnclaveConfigError(
-            f"enclave type {_one_line(etype)!s} is not supported "
-            f"(enclave.type / ENCLAVE_TYPE must be one of: {', '.join(ENCLAVE_TYPES)})")
+        vm_types = vm_tee_types()
+        if etype not in vm_types:
+            raise EnclaveConfigError(
+                f"enclave type {_one_line(etype)!s} is not supported "
+                f"(enclave.type / ENCLAVE_TYPE must be one of: {', '.join(ENCLAVE_TYPES + vm_types)})")
+        if v["runtime_path"] and v["runtime_path"] != RUNTIME_SIM:
+            raise EnclaveConfigError(
+                f"enclave type {etype} is a confidential VM, which this installation does not launch: "
+                f"only its simulation runs here (enclave.runtime.path={RUNTIME_SIM})")
     args = v["runtime_args"]
     if args:
         args = " ".join(args.split(","))

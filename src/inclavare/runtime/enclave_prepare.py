@@ -120,7 +120,7 @@ def _add_sgx_devices(spec: Spec) -> None:
 def inject_tee(spec: Spec, config: EnclaveConfig) -> None:
     """What the TEE needs before measuring: for ``sim`` the container-private directory of the
     enclave side (its destination is never measured); for SGX the device nodes and aesmd."""
-    if config.type == TYPE_SIM:
+    if config.simulated:
         from inclavare.runtime.enclave_side import add_private_dir
 
         add_private_dir(spec)
@@ -156,9 +156,9 @@ def resolve_runtime(config: EnclaveConfig) -> ResolvedRuntime:
     if not ref:
         raise ConfigError("enclave runtime path is not configured (set enclave.runtime.path)")
     if ref == "sim":
-        if config.type != TYPE_SIM:
-            raise ConfigError(f"the sim enclave runtime simulates a TEE; it needs enclave.type=sim, "
-                              f"not {config.type}")
+        if not config.simulated:
+            raise ConfigError(f"the sim enclave runtime simulates a TEE; it needs enclave.type=sim "
+                              f"(or a VM TEE type), not {config.type}")
         return ResolvedRuntime("sim", direct_launch=True)
     if "/" in ref:
         from inclavare.tee.measurement import hash_file
@@ -187,7 +187,7 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
 
     need = epc_need(spec, rootfs_path(spec, record.bundle), runtime.ref, config.runtime_args)
     socket_path = host.agent_socket
-    enclave_side = config.type == TYPE_SIM
+    enclave_side = config.simulated
     inject_tee(spec, config)
 
     from inclavare.tee.epm import pool_for

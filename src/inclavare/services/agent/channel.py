@@ -4,11 +4,17 @@ Each registered enclave container gets ``<run>/enclaves/<key>/host.sock``, bind-
 at ``/run/inclavare/host`` in that container only. It offers exactly what the host offers an
 enclave on real hardware:
 
-* ``POST /v1/quote`` ``{"report_data": "<base64, ≤ 64 bytes>"}`` — the quoting enclave's part:
-  a quote for the measurement recorded at create, over report data the enclave chose
-  (``{"tee": "sgx", "evidence": {"quote": ...}, "simulated": true}``);
-* ``GET /v1/collateral`` — collateral for verifiers;
-* ``GET /v1/info`` — the TEE and where the relay goes (hints from an untrusted host);
+* ``POST /v1/quote`` ``{"report_data": "<base64, ≤ 64 bytes>"}`` — the platform's quoting part:
+  evidence of the simulated TEE for the measurement recorded at create, over report data the
+  enclave chose (``{"tee": "sgx"|"tdx"|"snp", "evidence": {...Trustee's JSON for that TEE},
+  "simulated": true}``; see :mod:`inclavare.tee.sim_platform`);
+* ``POST /v1/rtmr`` ``{"index": 2|3, "digest": "<base64 of 48 bytes>"}`` — TDX only: extend the
+  container's RTMR (``SHA-384(rtmr ‖ digest)``), as TDG.MR.RTMR.EXTEND does; later quotes carry it.
+  The registers live in the agent's memory, as a TD's live in the CPU: they start at zero;
+* ``GET /v1/collateral`` — collateral for verifiers (SGX, TDX);
+* ``GET /v1/info`` — the TEE the platform quotes for (the simulated ``detect_tee_type``) and
+  where the relay goes (hints from an untrusted host: a lie makes evidence the verifier or the
+  policy refuses);
 * ``POST /v1/sealing-key`` ``{"policy": "mrenclave"|"mrsigner", "key_id": "<base64, 32 bytes>",
   "isv_svn": N?}`` — the CPU's part of sealing (EGETKEY, simulated): a key for this container's
   identity only (:mod:`inclavare.secrets.sealing_keys`), ``{"key", "isv_svn", "isv_prod_id"}``;
@@ -29,18 +35,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inclavare.errors import NotSupportedError
+from inclavare.errors import ConfigError, NotSupportedError
 from inclavare.services.agent.registry import Registration, Registry
 from inclavare.services.http_transport import parse_origin, tcp_connect
 from inclavare.services.peer import Peer
 from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
-from inclavare.tee.registry import SGX
+from inclavare.tee.registry import SGX, TDX, tee_named
+from inclavare.tee.rtmr import RTMR_SIZE, Rtmrs
 
 if TYPE_CHECKING:
     from inclavare.secrets.sealing_keys import SealingSecret
 
-SIM_TYPE = "sim"
 SEALING_KEY_PATH = "/v1/sealing-key"
 REFUSED = "refused: this channel answers only the processes of the enclave container it belongs to"
 
@@ -86,20 +92,77 @@ class RelayCounters:
 
 
 class Quoter:
-    """The simulated quoting enclave (the node's SimAuthority), loaded on first use."""
+    """The simulated platform's quoting part (the node's SimAuthority for SGX and TDX, its
+    SimAmdAuthority for SNP), the authorities loaded on first use; TDX RTMRs per container."""
 
-    def __init__(self, load_authority: Any) -> None:
+    def __init__(self, load_authority: Any, amd_dir: str = "") -> None:
         self._load = load_authority
+        self._amd_dir = amd_dir
+        self._amd: Any = None
+        self._lock = threading.Lock()
+        self.rtmrs: dict[str, tuple[float, Rtmrs]] = {}  # key -> (registered_at, registers)
 
-    def quote(self, reg: Registration, report_data: bytes) -> bytes:
-        if reg.tee != SIM_TYPE:
+    def _load_amd(self) -> Any:
+        with self._lock:
+            if self._amd is None:
+                if not self._amd_dir:
+                    raise NotSupportedError("this node agent has no simulated AMD authority")
+                from inclavare.tee.sim_amd import SimAmdAuthority
+
+                self._amd = SimAmdAuthority.load_or_create(self._amd_dir)
+            return self._amd
+
+    @staticmethod
+    def tee_of(reg: Registration) -> str:
+        """The TEE the platform quotes for; hardware types are refused."""
+        tee = reg.simulated_tee
+        if not tee:
             raise NotSupportedError(
                 f"quotes for enclave type {reg.tee} come from the platform's quoting service "
                 "(aesmd / configfs-tsm inside the enclave), not from the node agent")
-        return bytes(self._load().quote(bytes.fromhex(reg.measurement), report_data.ljust(64, b"\0")))
+        return tee
 
-    def collateral_json(self) -> bytes:
-        return str(self._load().collateral().to_json()).encode()
+    def evidence(self, reg: Registration, report_data: bytes) -> tuple[str, dict[str, Any]]:
+        """``(tee, Trustee's evidence JSON)`` for ``reg``'s measurement over ``report_data``."""
+        from inclavare.tee.sim_platform import sim_attester
+
+        tee = tee_named(self.tee_of(reg))
+        rtmrs = self._registers(reg).values() if tee == TDX else None
+        attester = sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs)
+        return tee.name, attester.evidence(report_data)
+
+    def extend_rtmr(self, reg: Registration, index: Any, digest: bytes) -> bytes:
+        if self.tee_of(reg) != TDX.name:
+            raise HttpError(400, f"RTMRs are TDX registers; this container is {reg.simulated_tee}")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise HttpError(400, "index is an RTMR number (2 or 3)")
+        if len(digest) != RTMR_SIZE:
+            raise HttpError(400, f"digest is {RTMR_SIZE} bytes (SHA-384)")
+        try:
+            return self._registers(reg).extend(index, digest)
+        except ConfigError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    def _registers(self, reg: Registration) -> Rtmrs:
+        """The registration's RTMRs: zero for a new registration, even under a reused key (a
+        container re-created with the same id is a new TD)."""
+        with self._lock:
+            known = self.rtmrs.get(reg.key)
+            if known is None or known[0] != reg.registered_at:
+                known = self.rtmrs[reg.key] = (reg.registered_at, Rtmrs())
+            return known[1]
+
+    def collateral_json(self, reg: Registration) -> bytes:
+        tee = self.tee_of(reg)
+        if tee == TDX.name:
+            return str(self._load().tdx_collateral().to_json()).encode()
+        if tee == SGX.name:
+            return str(self._load().collateral().to_json()).encode()
+        raise NotSupportedError(f"{tee} evidence carries its own certificate (the VCEK; AMD KDS on hardware)")
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self.rtmrs.pop(key, None)
 
 
 class Channels:
@@ -134,16 +197,19 @@ class Channels:
             raise HttpError(403, f"{REFUSED} (no such registration)")
         method, path = request.method, request.path
         if method == "POST" and path == "/v1/quote":
-            quote = self.quoter.quote(reg, _report_data(request.json()))
+            tee, evidence = self.quoter.evidence(reg, _report_data(request.json()))
             self.metrics.inc("agent_quotes_total")
-            return Response.json(200, {"tee": SGX.name, "evidence": {"quote": base64.b64encode(quote).decode()},
-                                       "simulated": reg.tee == SIM_TYPE})
+            return Response.json(200, {"tee": tee, "evidence": evidence, "simulated": True})
+        if method == "POST" and path == "/v1/rtmr":
+            index, digest = _rtmr_request(request.json())
+            value = self.quoter.extend_rtmr(reg, index, digest)
+            return Response.json(200, {"index": index, "value": value.hex()})
         if method == "GET" and path == "/v1/collateral":
-            if reg.tee != SIM_TYPE:
-                raise NotSupportedError("collateral for hardware quotes comes from Intel's PCS or a PCCS")
-            return Response(200, self.quoter.collateral_json())
+            return Response(200, self.quoter.collateral_json(reg))
         if method == "GET" and path == "/v1/info":
-            return Response.json(200, {"container": reg.id, "tee": reg.tee, "simulated": reg.tee == SIM_TYPE,
+            tee = reg.simulated_tee
+            return Response.json(200, {"container": reg.id, "enclave_type": reg.tee, "tee": tee or None,
+                                       "simulated": bool(tee),
                                        "kbs": {"url": self.relay.url} if self.relay else None})
         if method == "POST" and path == SEALING_KEY_PATH:
             return self._sealing_key(reg, request)
@@ -156,7 +222,7 @@ class Channels:
         names an identity, so a container can only ever get keys for its own."""
         from inclavare.secrets.sealing_keys import KeyRequest, SealingIdentity, SealingKeyError, derive
 
-        if reg.tee != SIM_TYPE:
+        if reg.simulated_tee != SGX.name:  # EGETKEY is SGX's; TDX/SNP guests seal with their own keys
             raise NotSupportedError(f"sealing keys for enclave type {reg.tee} come from the CPU inside the "
                                     "enclave (EGETKEY; the LibOS's sealing), never from the host")
         if self.sealing is None:
@@ -187,6 +253,18 @@ class Channels:
 
     def forget(self, key: str) -> None:
         self.counters.pop(key, None)
+        self.quoter.forget(key)
+
+
+def _rtmr_request(body: Any) -> tuple[Any, bytes]:
+    index = body.get("index") if isinstance(body, dict) else None
+    value = body.get("digest") if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        raise HttpError(400, 'body must be {"index": 2|3, "digest": "<base64 of 48 bytes>"}')
+    try:
+        return index, base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise HttpError(400, "digest is not base64") from None
 
 
 def _report_data(body: Any) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import AgentError, ConfigError
 from inclavare.services.peer import Namespaces, namespaces_of
+from inclavare.tee.simulated import SIM_TYPE, simulated_tee
 
 RESOLVE_INTERVAL = 0.5  # at most one `runc state` per container per this many seconds
 GC_GRACE = 30.0  # a registration younger than this is never collected (its create may be under way)
@@ -48,6 +49,11 @@ class Registration:
     @property
     def tee(self) -> str:
         return self.enclave.get("type", "")
+
+    @property
+    def simulated_tee(self) -> str:
+        """The TEE the node's simulated platform quotes for ('' for hardware enclave types)."""
+        return simulated_tee(self.tee, self.enclave.get("path", ""))
 
     def public(self) -> dict[str, Any]:
         # by hand: dataclasses.asdict deep-copies, and this runs on every create
@@ -162,7 +168,7 @@ class Registry:
             old = self._items.get(reg.key)
             if old is not None and self._still_running(old):
                 raise AgentError(f"container {reg.id} is already registered")
-            if epc_capacity_mib and reg.tee == "sim" and reg.epc_mib:
+            if epc_capacity_mib and reg.tee == SIM_TYPE and reg.epc_mib:
                 in_use = self._epc_in_use(exclude=reg.key)
                 if in_use + reg.epc_mib > epc_capacity_mib:
                     raise AgentError(
@@ -208,7 +214,7 @@ class Registry:
     def _epc_in_use(self, exclude: str = "") -> int:
         now = time.time()
         return sum(r.epc_mib for r in self._items.values()
-                   if r.key != exclude and r.tee == "sim" and r.epc_mib and self.holds_epc(r, now))
+                   if r.key != exclude and r.tee == SIM_TYPE and r.epc_mib and self.holds_epc(r, now))
 
     def epc_in_use(self) -> int:
         with self._lock:

@@ -76,8 +76,8 @@ class Agent:
             "agent_epc_capacity_mib": ("the simulated TEE's EPC (MiB; 0: not accounted)", lambda: self.epc_mib),
         })
         self.sealing = SealingSecret(state_dir)  # the simulated CPU's sealing secret
-        self.channels = Channels(self.registry, Quoter(self.sim_authority), self.relay, self.metrics,
-                                 self.sealing)
+        quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"))
+        self.channels = Channels(self.registry, quoter, self.relay, self.metrics, self.sealing)
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
@@ -170,7 +170,7 @@ class Agent:
         rid = request_id()  # in the answer too, so the caller's record and the agent's line meet
         event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
               reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
-              epc_mib=reg.epc_mib, simulated=reg.tee == "sim", request_id=rid)
+              epc_mib=reg.epc_mib, simulated=bool(reg.simulated_tee), request_id=rid)
         return {**reg.public(), "channel": channel, "request_id": rid}
 
     def describe(self, reg: Registration) -> dict[str, Any]:

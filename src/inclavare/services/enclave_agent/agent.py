@@ -3,6 +3,9 @@
 * ``GET /aa/evidence?runtime_data=...`` — evidence whose report data is the given bytes
   (zero-padded to 64): the quote comes from the host's quoting service over report data chosen
   here; ``{"quote": "<base64>"}`` as CoCo's SGX attester emits it;
+* ``POST /aa/aael`` ``{"domain", "operation", "content", "register_index"?}`` — CoCo's
+  ExtendRuntimeMeasurement (TDX): the event's SHA-384 extends the RTMR its PCR index maps to
+  (:mod:`inclavare.tee.rtmr`), through the platform (the host channel's ``/v1/rtmr``);
 * ``GET /aa/token?token_type=kbs`` — ``{"token": ...}``, an attestation token of the key broker;
 * ``GET /cdh/resource/REPO/TYPE/TAG`` — the resource's plaintext bytes;
 * ``POST /cdh/secret/unseal`` (body: a sealed secret) — its plaintext (CDH's UnsealSecret): the
@@ -34,7 +37,10 @@ from typing import Any
 from inclavare.services.enclave_agent.host_channel import HostChannel, HostChannelError
 from inclavare.services.peer import Namespaces, Peer, own_namespaces
 from inclavare.services.unix_http import HttpError, Request, Response
+from inclavare.errors import ConfigError
 from inclavare.tee.node_quote import NodeQuoteAttester, NodeQuoteError
+from inclavare.tee.registry import TDX
+from inclavare.tee.rtmr import runtime_measurement_request  # imported here: the runtime folder ships what this imports
 
 log = logging.getLogger("inclavare.enclave_agent")
 
@@ -42,6 +48,7 @@ RESOURCE_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+[A-Za-z0-9_\-.]*$")
 UNSEAL_PATH = "/cdh/secret/unseal"
 SEAL_DATA_PATH = "/inclavare/seal"
 UNSEAL_DATA_PATH = "/inclavare/unseal"
+AAEL_PATH = "/aa/aael"  # CoCo api-server-rest's ExtendRuntimeMeasurement
 REFUSED = "refused: the enclave agent answers only the processes of its own enclave container"
 # The key broker's CA, pinned by the image (so part of the measurement): an https broker must
 # present a certificate under it. Without the file the image's system CAs apply.
@@ -81,6 +88,10 @@ class EnclaveAgent:
             if request.method != "POST":
                 raise HttpError(405, f"{request.path} takes POST with the data as the body")
             return Response(200, self._identity_seal(request), "application/octet-stream")
+        if request.path == AAEL_PATH:
+            if request.method != "POST":
+                raise HttpError(405, f"{AAEL_PATH} takes POST with the event as the body")
+            return Response.json(200, self._extend_runtime_measurement(request))
         if request.method != "GET":
             raise HttpError(405, f"{request.method} is not supported here")
         path = request.path
@@ -102,6 +113,19 @@ class EnclaveAgent:
                 data = self._client().get_resource("kbs:///" + "/".join(segments))
             return Response(200, data, "application/octet-stream")
         raise HttpError(404, f"no such endpoint: {path}")
+
+    def _extend_runtime_measurement(self, request: Request) -> dict[str, Any]:
+        try:
+            rtmr, digest, event = runtime_measurement_request(request.json())
+        except ConfigError as exc:
+            raise HttpError(400, str(exc)) from None
+        if self.attester.tee != TDX:
+            raise HttpError(400, f"runtime measurements extend TDX RTMRs; this enclave is {self.attester.tee}")
+        try:
+            value = self.host.extend_rtmr(rtmr, digest)
+        except HostChannelError as exc:
+            raise HttpError(502, str(exc)) from None
+        return {"rtmr": rtmr, "digest": digest.hex(), "value": value.hex(), "event": event}
 
     def _unseal(self, body: bytes) -> bytes:
         from inclavare.secrets.sealed import SealedSecretError, unseal
@@ -176,7 +200,13 @@ class _HostAttester:
 
     def __init__(self, inner: NodeQuoteAttester) -> None:
         self.inner = inner
-        self.tee = inner.tee
+
+    @property
+    def tee(self) -> Any:
+        try:
+            return self.inner.tee  # asked of the platform on first use
+        except (HostChannelError, NodeQuoteError) as exc:
+            raise HttpError(502, str(exc)) from None
 
     def evidence(self, report_data: bytes) -> dict[str, Any]:
         try:

@@ -102,19 +102,37 @@ class HostChannel:
             raise HostChannelError("the node agent's /v1/info is not an object")
         return doc
 
-    def quote(self, report_data: bytes) -> tuple[str, dict[str, str]]:
-        """Evidence over ``report_data`` (≤ 64 bytes): ``(tee, evidence JSON)`` as Trustee takes it."""
+    def quote(self, report_data: bytes) -> tuple[str, dict[str, Any]]:
+        """Evidence over ``report_data`` (≤ 64 bytes): ``(tee, evidence JSON)`` as Trustee takes it
+        (its contents are the verifier's to check)."""
         doc = self._json("POST", "/v1/quote", {"report_data": base64.b64encode(report_data).decode()})
         tee = doc.get("tee") if isinstance(doc, dict) else None
         evidence = doc.get("evidence") if isinstance(doc, dict) else None
-        quote = evidence.get("quote") if isinstance(evidence, dict) else None
-        if not isinstance(tee, str) or not isinstance(quote, str):
+        if not isinstance(tee, str) or not isinstance(evidence, dict) or not evidence:
             raise HostChannelError("the node agent's quote answer is malformed")
+        quote = evidence.get("quote")
+        if quote is not None:
+            try:
+                base64.b64decode(quote, validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise HostChannelError("the node agent's quote is not base64") from None
+        return tee, evidence
+
+    def platform_tee(self) -> str:
+        """The TEE the platform quotes for (``/v1/info``)."""
+        tee = self.info().get("tee")
+        if not isinstance(tee, str) or not tee:
+            raise HostChannelError("the node agent names no TEE for this container")
+        return tee
+
+    def extend_rtmr(self, index: int, digest: bytes) -> bytes:
+        """Extend TDX RTMR ``index`` with ``digest`` (48 bytes); the new value."""
+        doc = self._json("POST", "/v1/rtmr", {"index": index, "digest": base64.b64encode(digest).decode()})
+        value = doc.get("value") if isinstance(doc, dict) else None
         try:
-            base64.b64decode(quote, validate=True)
-        except binascii.Error:
-            raise HostChannelError("the node agent's quote is not base64") from None
-        return tee, {"quote": quote}
+            return bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            raise HostChannelError("the node agent's RTMR answer is malformed") from None
 
     def sealing_key(self, policy: str, key_id: bytes, isv_svn: int | None) -> tuple[bytes, int, int]:
         """EGETKEY(SEAL), simulated by the node agent: ``(key, ISV SVN, ISV product id)``."""
