@@ -16,12 +16,12 @@
  *                                             seal data to this enclave's identity
  *   attest unseal -|FILE [OUT]                open a sealed secret or sealed data read from stdin or
  *                                             FILE (by its first bytes: "sealed." or "INCLSEAL")
- *
- * IN and OUT default to stdin and stdout; OUT is written only on success (a temporary file
- * renamed into place). At most 1 MiB is read.
  *   attest extend DOMAIN OPERATION CONTENT [--index N]
  *                                             record a runtime measurement (TDX RTMR; CoCo's
  *                                             ExtendRuntimeMeasurement, N a PCR index)
+ *
+ * IN and OUT default to stdin and stdout; OUT is written only on success (a temporary file
+ * renamed into place). At most 1 MiB is read.
  *
  * Exit status: 0 on success, 1 when the agent refused or failed (its reason on stderr), 2 for
  * usage errors.
@@ -206,6 +206,8 @@ static int unseal_input(const char *in, const char *out)
 	fprintf(stderr, "attest: %s is neither a sealed secret (sealed.…) nor sealed data (INCLSEAL…)\n",
 		strcmp(in, "-") ? in : "stdin");
 	return 2;
+}
+
 /* Append s to out as a JSON string (quotes, backslashes and control characters escaped). */
 static char *json_string(char *out, const char *s)
 {
