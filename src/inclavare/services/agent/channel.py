@@ -10,7 +10,9 @@ enclave on real hardware:
 * ``GET /v1/collateral`` — collateral for verifiers;
 * ``GET /v1/info`` — the TEE and where the relay goes (hints from an untrusted host);
 * ``CONNECT kbs`` — an opaque tunnel to the configured key broker, for containers without a
-  network: bytes are copied both ways and counted, never parsed, logged or stored.
+  network: bytes are copied both ways and counted, never parsed, logged or stored;
+* ``CONNECT HOST:PORT`` of a configured image registry (``--registry URL``) — the same opaque
+  tunnel, for guest pull: the enclave fetches manifests and (encrypted) layers itself.
 
 Only processes whose pid, mount and cgroup namespaces are those of the container's init are
 answered; anyone else — a host process, a container sharing the pid namespace, a process that
@@ -49,13 +51,26 @@ class RelayTarget:
         _, host, port = parse_origin(url)
         return cls(url.rstrip("/"), host, port)
 
+    @property
+    def authority(self) -> str:
+        """``host:port`` as an image reference names the registry (and CONNECT asks for it)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def connect(self, timeout: float) -> socket.socket:
-        """A TCP connection to the broker (``TCP_NODELAY``: bytes are forwarded as they come)."""
+        """A TCP connection to the target (``TCP_NODELAY``: bytes are forwarded as they come)."""
         try:
             return tcp_connect(self.host, self.port)(timeout)
         except OSError as exc:
-            raise HttpError(502, f"cannot reach the key broker at {self.host}:{self.port}: "
-                                 f"{exc.strerror or exc}") from None
+            raise HttpError(502, f"cannot reach {self.url}: {exc.strerror or exc}") from None
+
+
+def registry_targets(urls: list[str] | tuple[str, ...]) -> dict[str, RelayTarget]:
+    """Configured image registries by authority (``host:port``, the default port explicit)."""
+    targets: dict[str, RelayTarget] = {}
+    for url in urls:
+        target = RelayTarget.parse(url)
+        targets[target.authority] = target
+    return targets
 
 
 @dataclass
@@ -89,7 +104,8 @@ class Quoter:
             raise NotSupportedError(
                 f"quotes for enclave type {reg.tee} come from the platform's quoting service "
                 "(aesmd / configfs-tsm inside the enclave), not from the node agent")
-        return bytes(self._load().quote(bytes.fromhex(reg.measurement), report_data.ljust(64, b"\0")))
+        return bytes(self._load().quote(bytes.fromhex(reg.measurement), report_data.ljust(64, b"\0"),
+                                        config_id=_config_id(reg)))
 
     def collateral_json(self) -> bytes:
         return str(self._load().collateral().to_json()).encode()
@@ -99,10 +115,11 @@ class Channels:
     """Admission and routes of every container's channel (one listener per container)."""
 
     def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None,
-                 metrics: Counters | None = None) -> None:
+                 metrics: Counters | None = None, registries: dict[str, RelayTarget] | None = None) -> None:
         self.registry = registry
         self.quoter = quoter
         self.relay = relay
+        self.registries = registries or {}
         self.metrics = metrics or Counters({})
         self.counters: dict[str, RelayCounters] = {}
 
@@ -136,16 +153,14 @@ class Channels:
             return Response(200, self.quoter.collateral_json())
         if method == "GET" and path == "/v1/info":
             return Response.json(200, {"container": reg.id, "tee": reg.tee, "simulated": reg.tee == SIM_TYPE,
-                                       "kbs": {"url": self.relay.url} if self.relay else None})
+                                       "kbs": {"url": self.relay.url} if self.relay else None,
+                                       "registries": {name: t.url for name, t in self.registries.items()}})
         if method == "CONNECT":
             return self._tunnel(key, request.target)
         raise HttpError(404, f"no such endpoint: {method} {path}")
 
     def _tunnel(self, key: str, target: str) -> Tunnel:
-        if target.split(":", 1)[0] != "kbs":
-            raise HttpError(403, "the relay reaches the key broker only (CONNECT kbs)")
-        if self.relay is None:
-            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        relay = self._relay_for(target)
         counters = self.counters.setdefault(key, RelayCounters())
 
         def done(up: int, down: int) -> None:
@@ -154,10 +169,32 @@ class Channels:
             self.metrics.inc("agent_relay_bytes_total", up, direction="up")
             self.metrics.inc("agent_relay_bytes_total", down, direction="down")
 
-        return Tunnel(connect=self.relay.connect, done=done)
+        return Tunnel(connect=relay.connect, done=done)
+
+    def _relay_for(self, target: str) -> RelayTarget:
+        """The key broker (``CONNECT kbs``) or a configured registry (``CONNECT host:port``)."""
+        if target in self.registries:
+            return self.registries[target]
+        if target.split(":", 1)[0] != "kbs":
+            raise HttpError(403, "the relay reaches the key broker (CONNECT kbs) and the configured image "
+                                 "registries only")
+        if self.relay is None:
+            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        return self.relay
 
     def forget(self, key: str) -> None:
         self.counters.pop(key, None)
+
+
+def _config_id(reg: Registration) -> bytes:
+    """CONFIGID, set at launch as the SGX launcher sets it: the digest of the init-data that names
+    the container's pulled image (zeros without one), so the broker can check what it claims."""
+    image = reg.enclave.get("image")
+    if not image:
+        return bytes(64)
+    from inclavare.images.reference import config_id, parse_image_ref
+
+    return config_id(parse_image_ref(image))
 
 
 def _report_data(body: Any) -> bytes:
