@@ -208,6 +208,16 @@ def test_a_tag_is_refused_at_create(world: dict[str, Any], rune_g: Rune, bundle_
     assert len(lines) == 1 and "names no digest" in lines[0], r.stderr
 
 
+def test_a_registry_the_node_does_not_relay_to_is_refused_in_one_line(
+        world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
+    image = f"{world['registry'].address}/tenant/app@{world['enc_digest']}"  # not through the configured proxy
+    r = rune_g("run", "--bundle", _enclave(bundle_factory, image, tmp_path), "gp-unrelayed", timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"guest-pull: the node agent relays to no registry {world['registry'].address} (configured: "
+        f"{world['image'].split('/', 1)[0]}; start it with --registry URL); the workload is not started"]
+
+
 def test_a_layer_tampered_in_the_registry_is_refused(
         world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
     """Runs last in this module: it corrupts the encrypted image's layer in the registry."""
