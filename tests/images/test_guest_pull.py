@@ -8,6 +8,7 @@ image's entrypoint. The key-release policy pins the image through the init-data 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ KID = "kbs:///tenant/key/app"
 # the unencrypted image's command: its marker, the environment it got, and its enclave agent
 PLAIN_SCRIPT = ('cat /plain.txt; echo; echo "$GREETING $FROM_SPEC $PATH"; '
                 '/run/inclavare/bin/attest evidence --runtime-data x | grep -q quote && echo agent-reachable; '
-                'grep -E "^Cap(Eff|Prm|Bnd)" /proc/self/status')
+                'grep -E "^Cap(Eff|Prm|Bnd)" /proc/self/status; /run/inclavare/bin/attest token')
 CAP_SYS_CHROOT = 18
 
 
@@ -191,10 +192,15 @@ def test_an_unencrypted_image_by_digest_runs_with_its_integrity_checked(
     Path(bundle, "config.json").write_text(json.dumps(spec))
     r = rune_g("run", "--bundle", bundle, "gp-plain", timeout=120)
     assert r.returncode == 0, r.stderr
-    out, caps = r.stdout.encode().split(b"agent-reachable\n")
+    out, rest = r.stdout.encode().split(b"agent-reachable\n")
     assert out == PLAIN_MARKER + b"\nfrom-the-image yes /bin\n"
+    *caps, token = rest.decode().splitlines()
+    # the workload's own attestation carries the image claim too (the agent sends the init-data)
+    claims = json.loads(base64.urlsafe_b64decode(json.loads(token)["token"].split(".")[1] + "=="))
+    evidence = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+    assert evidence["init_data_claims"] == {"image": world["plain_image"]}
     # rune granted CAP_SYS_CHROOT for enclave-init's chroot only: the workload holds it in no set
-    sets = dict(line.split(":\t") for line in caps.decode().splitlines())
+    sets = dict(line.split(":\t") for line in caps)
     assert len(sets) == 3 and all(not int(v, 16) >> CAP_SYS_CHROOT & 1 for v in sets.values()), sets
     assert int(sets["CapEff"], 16) != 0  # the spec's other capabilities are kept
 
