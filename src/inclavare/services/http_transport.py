@@ -110,11 +110,11 @@ class HttpTransport:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, sink: Callable[[bytes], None] | None = None,
-                limit: int = MAX_RESPONSE) -> HttpResponse:
+                limit: int | None = None) -> HttpResponse:
         """One request; a kept-alive connection the server closed meanwhile is reopened once.
 
         With ``sink`` a 200 answer's body (up to ``limit`` bytes) is handed to it piece by piece
-        instead of being kept (image layers); other answers are kept as usual."""
+        instead of being kept (image layers); other answers are kept as usual (``MAX_RESPONSE``)."""
         for attempt in (0, 1):
             reused = self._sock is not None
             try:
@@ -132,7 +132,7 @@ class HttpTransport:
 
     def _exchange(self, sock: socket.socket, conn: h11.Connection, method: str, path: str,
                   body: bytes | None, headers: dict[str, str], sink: Callable[[bytes], None] | None = None,
-                  limit: int = MAX_RESPONSE) -> HttpResponse:
+                  limit: int | None = None) -> HttpResponse:
         fields = [("host", self.authority), *((k, v) for k, v in headers.items())]
         if body is not None:
             fields.append(("content-length", str(len(body))))
@@ -163,7 +163,7 @@ class HttpTransport:
                 response_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > (limit if status == 200 else MAX_RESPONSE):
+                if size > (limit if limit is not None and status == 200 else MAX_RESPONSE):
                     raise TransportError("response too large")
                 if sink is not None and status == 200:
                     sink(bytes(event.data))
