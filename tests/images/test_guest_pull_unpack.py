@@ -141,3 +141,18 @@ def test_the_relay_reaches_the_key_broker_and_configured_registries_only(tmp_pat
         with pytest.raises(HttpError, match="configured image registries only") as info:
             channels._relay_for(target)
         assert info.value.status == 403
+
+
+def test_the_image_setting_is_read_measured_and_sim_only() -> None:
+    from inclavare.runtime.enclave_config import read_enclave_request
+
+    ref = f"registry.example:5000/tenant/app@{DIGEST}"
+    req = read_enclave_request({"process": {"env": [f"ENCLAVE_IMAGE={ref}", "A=1"]},
+                                "annotations": {"enclave.type": "sim", "enclave.image": "ignored"}})
+    assert req.config is not None and req.config.image == ref and req.env == ("A=1",)  # env wins, stripped
+    assert req.config.as_dict()["image"] == ref  # the measured configuration names it
+    plain = read_enclave_request({"annotations": {"enclave.type": "sim"}})
+    assert plain.config is not None and "image" not in plain.config.as_dict()  # other measurements unchanged
+    with pytest.raises(EnclaveConfigError, match="enclave.type=sim only"):
+        read_enclave_request({"annotations": {"enclave.type": "intelSgx", "enclave.runtime.path": "/x.so",
+                                              "enclave.image": ref}})
