@@ -22,6 +22,7 @@ class AgentProcess:
         self.socket = str(work / "run" / "agent.sock")
         self.channels_dir = str(work / "run" / "enclaves")  # one channel directory per enclave container
         self.kbs_url = kbs_url
+        self.registries: list[str] = []  # --registry URL (guest pull)
         self.log = work / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -40,6 +41,8 @@ class AgentProcess:
             cmd += ["--kbs-url", self.kbs_url]
         if self.epc_mib:
             cmd += ["--epc-mib", str(self.epc_mib)]
+        for url in self.registries:
+            cmd += ["--registry", url]
         if self.log_format != "text":
             cmd += ["--log-format", self.log_format]
         with open(self.log, "ab") as log:

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "(default: $INCLAVARE_AGENT_SOCKET or /run/inclavare/agent.sock)")
     s.add_argument("--kbs-url", default=None,
                    help="the key broker enclave agents reach through the relay (e.g. http://127.0.0.1:8080)")
+    s.add_argument("--registry", action="append", default=[], metavar="URL",
+                   help="an image registry enclave agents may reach through the relay for guest pull "
+                        "(enclave.image); repeatable, e.g. https://registry.example:5000")
     s.add_argument("--epc-mib", type=int, default=0, metavar="N",
                    help="the simulated TEE's EPC in MiB: a sim enclave is refused at create when the running "
                         "ones already hold more than N minus its need (default: 0, no accounting)")
@@ -82,4 +85,4 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--epc-mib must be between 0 and {1 << 24} MiB, not {args.epc_mib}")
     return serve(args.state_dir, args.socket or default_control_socket(), args.kbs_url,
                  extra_control={PREPARE_PATH: make_prepare_handler}, epc_mib=args.epc_mib,
-                 log_format=args.log_format)
+                 log_format=args.log_format, registries=args.registry)

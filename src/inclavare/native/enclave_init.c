@@ -1,7 +1,7 @@
 /*
  * enclave-init: the first program of a simulated enclave container.
  *
- *   enclave-init SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]
+ *   enclave-init [--image DIR [--drop-sys-chroot] [--drop-setpcap]] SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]
  *
  * 1. Creates the enclave agent's listening socket at SOCKET (on the container's private tmpfs
  *    at /run/inclavare), so a workload can connect from its first instruction on.
@@ -21,6 +21,14 @@
  * 4. Execs PROGRAM in its own place, so the workload is the container's pid 1 exactly as
  *    without an enclave: same signals, same exit status, same stdio.
  *
+ * With --image DIR (enclave.image, guest pull) PROGRAM is the enclave agent's pull step: it runs
+ * first, as a child, and leaves the verified, decrypted, unpacked image in DIR/rootfs and what to
+ * run in DIR/exec; enclave-init then chroots into DIR/rootfs and execs the image's entrypoint
+ * (its Env under the container's variables, its WorkingDir and User). If the pull fails the
+ * workload does not run (exit 1; the pull step said why on stderr). --drop-sys-chroot and
+ * --drop-setpcap: rune granted these capabilities for the chroot alone (CAP_SETPCAP to take
+ * CAP_SYS_CHROOT out of the bounding set); both leave every set before the workload runs.
+ *
  * The supervisor and the agent live in the container's namespaces and cgroup: in the
  * simulated TEE that is the enclave boundary. Statically linked, like the attest client, so it
  * runs in any image.
@@ -34,7 +42,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -49,6 +61,8 @@
 #define MAX_UNSEALED (1 << 20)
 #define SEALED_FILES_ENV "INCLAVARE_SEALED_FILES"
 #define UNSEALED_DIR "/run/inclavare/unsealed"
+#define MAX_EXEC_PLAN (1 << 20)
+#define EXEC_MAGIC "inclavare-exec-v1"
 
 extern char **environ;
 
@@ -304,8 +318,196 @@ static void unseal_environment(const char *sock_path)
 	}
 }
 
+static void image_fail(const char *what, const char *arg)
+{
+	fprintf(stderr, "enclave-init: %s%s%s; the workload is not started\n", what, arg ? " " : "", arg ? arg : "");
+	exit(1);
+}
+
+/* Run the pull step (PROGRAM) to completion; any failure ends the container (exit 1). */
+static void run_pull(char **pull_argv)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", NULL);
+	if (pid == 0) {
+		execv(pull_argv[0], pull_argv);
+		fprintf(stderr, "enclave-init: cannot run the image pull step %s: %s\n", pull_argv[0], strerror(errno));
+		_exit(127);
+	}
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (WIFSIGNALED(st))
+		image_fail("the image pull step was killed by a signal", NULL);
+	if (WEXITSTATUS(st) != 0)
+		exit(1); /* it said why, in one line */
+}
+
+/* The next NUL-terminated field of the exec plan, or fail. */
+static char *plan_field(char **cur, char *end)
+{
+	char *f = *cur;
+	char *nul = f < end ? memchr(f, 0, (size_t)(end - f)) : NULL;
+	if (!nul)
+		image_fail("the image exec plan is truncated", NULL);
+	*cur = nul + 1;
+	return f;
+}
+
+static long plan_number(char **cur, char *end, long min, long max)
+{
+	char *f = plan_field(cur, end), *stop = NULL;
+	errno = 0;
+	long v = strtol(f, &stop, 10);
+	if (errno || stop == f || *stop || v < min || v > max)
+		image_fail("the image exec plan holds a bad number", f);
+	return v;
+}
+
+/* 1 if NAME=... (len = name length incl. '=') is in env. */
+static int env_has(char **env, const char *entry, size_t len)
+{
+	for (; env && *env; env++)
+		if (strncmp(*env, entry, len) == 0)
+			return 1;
+	return 0;
+}
+
+/* Drop the capabilities rune granted for the chroot (a bitmask of DROP_*) from every set, the
+ * bounding set first (it needs CAP_SETPCAP, dropped last) so no later execve regains them. */
+#define DROP_CHROOT 1
+#define DROP_SETPCAP 2
+static void drop_caps(int which)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct d[2];
+	int caps[2], n = 0;
+	if (which & DROP_CHROOT)
+		caps[n++] = CAP_SYS_CHROOT;
+	if (which & DROP_SETPCAP)
+		caps[n++] = CAP_SETPCAP;
+	for (int i = 0; i < n; i++) {
+		prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, caps[i], 0, 0);
+		if (prctl(PR_CAPBSET_DROP, caps[i], 0, 0, 0) < 0)
+			image_fail("cannot drop a capability from the bounding set:", strerror(errno));
+	}
+	if (syscall(SYS_capget, &h, d) < 0)
+		image_fail("cannot read capabilities:", strerror(errno));
+	for (int i = 0; i < n; i++) {
+		unsigned int bit = 1u << (caps[i] % 32);
+		d[caps[i] / 32].effective &= ~bit;
+		d[caps[i] / 32].permitted &= ~bit;
+		d[caps[i] / 32].inheritable &= ~bit;
+	}
+	if (syscall(SYS_capset, &h, d) < 0)
+		image_fail("cannot drop the capabilities granted for the chroot:", strerror(errno));
+}
+
+/* chroot into DIR/rootfs and exec the image's entrypoint as DIR/exec says. */
+static void exec_image(const char *dir, int drop)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/exec", dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		image_fail("the pull step left no exec plan at", path);
+	char *buf = malloc(MAX_EXEC_PLAN + 1);
+	size_t n = 0;
+	if (!buf)
+		die("malloc", NULL);
+	for (;;) {
+		ssize_t r = read(fd, buf + n, MAX_EXEC_PLAN + 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0 || (n += (size_t)r) > MAX_EXEC_PLAN)
+			break;
+	}
+	close(fd);
+	if (n > MAX_EXEC_PLAN)
+		image_fail("the image exec plan is too large", NULL);
+	char *cur = buf, *end = buf + n;
+	if (strcmp(plan_field(&cur, end), EXEC_MAGIC) != 0)
+		image_fail("the image exec plan has an unknown format", NULL);
+	char *cwd = plan_field(&cur, end);
+	long uid = plan_number(&cur, end, -1, 0x7fffffff);
+	long gid = plan_number(&cur, end, -1, 0x7fffffff);
+	long argc = plan_number(&cur, end, 1, 65536);
+	char **args = calloc((size_t)argc + 1, sizeof(char *));
+	if (!args)
+		die("calloc", NULL);
+	for (long i = 0; i < argc; i++)
+		args[i] = plan_field(&cur, end);
+	long envc = plan_number(&cur, end, 0, 65536);
+	size_t own = 0;
+	for (char **e = environ; *e; e++)
+		own++;
+	char **env = calloc((size_t)envc + own + 1, sizeof(char *));
+	if (!env)
+		die("calloc", NULL);
+	size_t k = 0;
+	int image_path = 0;
+	/* the image's Env first; the container's variables win, but PATH stays the image's when it
+	 * sets one (the container's PATH describes the bootstrap image, not this one) */
+	for (long i = 0; i < envc; i++) {
+		char *e = plan_field(&cur, end), *eq = strchr(e, '=');
+		if (!eq)
+			continue;
+		size_t len = (size_t)(eq - e) + 1;
+		if (len == 5 && strncmp(e, "PATH=", 5) == 0)
+			image_path = 1;
+		else if (env_has(environ, e, len))
+			continue;
+		env[k++] = e;
+	}
+	for (char **e = environ; *e; e++) {
+		if (image_path && strncmp(*e, "PATH=", 5) == 0)
+			continue;
+		env[k++] = *e;
+	}
+	env[k] = NULL;
+	snprintf(path, sizeof(path), "%s/rootfs", dir);
+	if (chroot(path) < 0)
+		image_fail("cannot chroot into the pulled image:", strerror(errno));
+	if (drop)
+		drop_caps(drop);
+	if (chdir(cwd) < 0 && chdir("/") < 0)
+		image_fail("cannot enter the image's working directory", cwd);
+	if (gid >= 0) {
+		gid_t g = (gid_t)gid;
+		if (geteuid() == 0 && setgroups(1, &g) < 0)
+			image_fail("cannot take the image's groups:", strerror(errno));
+		if (getegid() != g && setgid(g) < 0)
+			image_fail("cannot take the image's group:", strerror(errno));
+	}
+	if (uid >= 0 && geteuid() != (uid_t)uid && setuid((uid_t)uid) < 0)
+		image_fail("cannot take the image's user:", strerror(errno));
+	environ = env;
+	execvp(args[0], args);
+	int err = errno;
+	fprintf(stderr, "enclave-init: cannot execute the image's %s: %s\n", args[0], strerror(err));
+	exit(err == ENOENT ? 127 : 126);
+}
+
 int main(int argc, char **argv)
 {
+	const char *image_dir = NULL;
+	int drop = 0;
+	if (argc > 2 && strcmp(argv[1], "--image") == 0) {
+		image_dir = argv[2];
+		argv += 2;
+		argc -= 2;
+		for (;;) {
+			if (argc > 1 && strcmp(argv[1], "--drop-sys-chroot") == 0)
+				drop |= DROP_CHROOT;
+			else if (argc > 1 && strcmp(argv[1], "--drop-setpcap") == 0)
+				drop |= DROP_SETPCAP;
+			else
+				break;
+			argv++;
+			argc--;
+		}
+	}
 	int sep = 0;
 	for (int i = 2; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0) {
@@ -314,7 +516,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (argc < 5 || sep < 3 || sep + 1 >= argc) {
-		fprintf(stderr, "usage: enclave-init SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]\n");
+		fprintf(stderr, "usage: enclave-init [--image DIR] SOCKET AGENT-ARGV... -- PROGRAM [ARGS...]\n");
 		return 127;
 	}
 	const char *sock_path = argv[1];
@@ -349,8 +551,12 @@ int main(int argc, char **argv)
 		_exit(0);
 	}
 	close(lfd);
+	if (image_dir)
+		run_pull(argv + sep + 1);
 	unseal_environment(sock_path);
 	unseal_files(sock_path);
+	if (image_dir)
+		exec_image(image_dir, drop);
 	execvp(argv[sep + 1], argv + sep + 1);
 	int err = errno;
 	fprintf(stderr, "enclave-init: cannot execute %s: %s\n", argv[sep + 1], strerror(err));

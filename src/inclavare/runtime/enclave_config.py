@@ -12,6 +12,7 @@ environment (``process.env``)  annotation
 ``ENCLAVE_RA_TYPE``            ``enclave.attestation.ra_type``
 ``ENCLAVE_RA_EPID_SPID``       ``enclave.attestation.ra_epid_spid``
 ``ENCLAVE_RA_EPID_SUB_KEY``    ``enclave.attestation.ra_epid_subscription_key``
+``ENCLAVE_IMAGE``              ``enclave.image`` (ours: the workload image the enclave pulls)
 =============================  ==============================================
 
 Upstream quirks kept on purpose (tests pin each one):
@@ -71,6 +72,7 @@ SOURCES = {
     "ra_epid_spid": ("ENCLAVE_RA_EPID_SPID", "enclave.attestation.ra_epid_spid"),
     "ra_epid_subscription_key": (
         "ENCLAVE_RA_EPID_SUB_KEY", "enclave.attestation.ra_epid_subscription_key"),
+    "image": ("ENCLAVE_IMAGE", "enclave.image"),
 }
 
 
@@ -78,7 +80,7 @@ class EnclaveConfig(Immutable):
     """The validated enclave configuration of one container."""
 
     __slots__ = ("type", "runtime_path", "runtime_args", "log_level", "ra_type", "ra_epid_spid",
-                 "ra_epid_subscription_key")
+                 "ra_epid_subscription_key", "image")
     type: str
     runtime_path: str
     runtime_args: str
@@ -86,12 +88,14 @@ class EnclaveConfig(Immutable):
     ra_type: str
     ra_epid_spid: str
     ra_epid_subscription_key: str
+    image: str  # REGISTRY/REPO@sha256:… the enclave pulls and runs ("": the bundle's own process)
 
     def __init__(self, type: str, runtime_path: str = "", runtime_args: str = "",  # noqa: A002
                  log_level: str = DEFAULT_LOG_LEVEL, ra_type: str = "", ra_epid_spid: str = "",
-                 ra_epid_subscription_key: str = "") -> None:
+                 ra_epid_subscription_key: str = "", image: str = "") -> None:
         self._set(type=type, runtime_path=runtime_path, runtime_args=runtime_args, log_level=log_level,
-                  ra_type=ra_type, ra_epid_spid=ra_epid_spid, ra_epid_subscription_key=ra_epid_subscription_key)
+                  ra_type=ra_type, ra_epid_spid=ra_epid_spid, ra_epid_subscription_key=ra_epid_subscription_key,
+                  image=image)
 
     @property
     def simulated(self) -> bool:
@@ -99,8 +103,9 @@ class EnclaveConfig(Immutable):
         return is_simulated(self.type, self.runtime_path)
 
     def as_dict(self) -> dict[str, str]:
-        """Upstream's ``InitEnclaveConfig`` JSON field names (what a runelet is handed)."""
-        return {
+        """Upstream's ``InitEnclaveConfig`` JSON field names (what a runelet is handed), plus
+        ``image`` when set (so it is measured, and the node agent's quotes bind it)."""
+        doc = {
             "type": self.type,
             "path": self.runtime_path,
             "args": self.runtime_args,
@@ -109,6 +114,9 @@ class EnclaveConfig(Immutable):
             "ra_epid_spid": self.ra_epid_spid,
             "ra_epid_subscription_key": self.ra_epid_subscription_key,
         }
+        if self.image:
+            doc["image"] = self.image
+        return doc
 
 
 class EnclaveRequest(Immutable):
@@ -219,6 +227,14 @@ def _validate(etype: str, v: dict[str, str]) -> EnclaveConfig:
     for key in ("runtime_path", "runtime_args", "ra_epid_spid", "ra_epid_subscription_key"):
         if "\x00" in v[key]:
             raise EnclaveConfigError(f"{SOURCES[key][1]} must not contain NUL bytes")
+    image = v["image"]
+    if image:
+        from inclavare.images.reference import parse_image_ref
+
+        if etype != TYPE_SIM:
+            raise EnclaveConfigError(f"enclave.image (guest pull) is supported for enclave.type=sim only; an "
+                                     f"{etype} enclave pulls its image with its LibOS's or guest's own tools")
+        image = str(parse_image_ref(image))
     return EnclaveConfig(
         type=etype,
         runtime_path=v["runtime_path"],
@@ -227,6 +243,7 @@ def _validate(etype: str, v: dict[str, str]) -> EnclaveConfig:
         ra_type=ra_type,
         ra_epid_spid=v["ra_epid_spid"],
         ra_epid_subscription_key=v["ra_epid_subscription_key"],
+        image=image,
     )
 
 

@@ -123,7 +123,7 @@ def inject_tee(spec: Spec, config: EnclaveConfig) -> None:
     if config.simulated:
         from inclavare.runtime.enclave_side import add_private_dir
 
-        add_private_dir(spec)
+        add_private_dir(spec, config.image)
     elif config.type == TYPE_INTEL_SGX:
         _add_sgx_devices(spec)
 
@@ -228,7 +228,7 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
                 raise ConfigError("the node agent gave no channel for the container (is it an older version?)")
             from inclavare.runtime.enclave_side import add_runtime
 
-            add_runtime(spec, rt_dir, channel)
+            add_runtime(spec, rt_dir, channel, config.image)
         except BaseException:
             prepared.release(record)
             raise

@@ -32,15 +32,23 @@ if TYPE_CHECKING:
 _RO = ["rbind", "ro", "nosuid", "nodev"]
 
 
-def add_private_dir(spec: Spec) -> None:
-    """The container-private tmpfs at /run/inclavare (its destination is never measured)."""
+# enclave-private storage of a pulled image (tmpfs: memory of the container's cgroup)
+IMAGE_TMPFS_SIZE = "2g"
+
+
+def add_private_dir(spec: Spec, image: str = "") -> None:
+    """The container-private tmpfs at /run/inclavare (its destination is never measured).
+
+    With a pulled image the workload's files live there too, so it is executable and larger;
+    the agent's socket must share its file system (it is hard-linked into the image's tree)."""
     uid, gid = process_ids(spec)
     mounts = spec_mounts(spec, layout.DIR, "the enclave side")
+    sized = [f"size={IMAGE_TMPFS_SIZE}"] if image else ["noexec", "size=1m"]
     mounts.append({"destination": layout.DIR, "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "nodev", "noexec", "mode=0755", "size=1m", f"uid={uid}", f"gid={gid}"]})
+                   "options": ["nosuid", "nodev", *sized, "mode=0755", f"uid={uid}", f"gid={gid}"]})
 
 
-def add_runtime(spec: Spec, rt_dir: str, channel_dir: str) -> None:
+def add_runtime(spec: Spec, rt_dir: str, channel_dir: str, image: str = "") -> None:
     """The runtime folder and this container's node agent channel, both read-only, and the
     process run through enclave-init."""
     mounts = spec.setdefault("mounts", [])
@@ -53,4 +61,58 @@ def add_runtime(spec: Spec, rt_dir: str, channel_dir: str) -> None:
         raise ConfigError("process.args in config.json must be a non-empty list of strings")
     if any("\0" in a for a in args):
         raise ConfigError("process.args in config.json must not contain NUL characters")
-    process["args"] = layout.enclave_init_command(args)  # type: ignore[index]
+    drop: list[str] = []
+    if image:
+        replicate_mounts(spec)
+        drop = _grant_chroot(process)  # type: ignore[arg-type]
+    process["args"] = layout.enclave_init_command(args, image, drop_caps=drop)  # type: ignore[index]
+
+
+CHROOT_CAP = "CAP_SYS_CHROOT"
+SETPCAP_CAP = "CAP_SETPCAP"
+IMAGE_ROOT = f"{layout.IMAGE_DIR}/rootfs"
+# the devices runc creates in every container's /dev, bound from the host into the image's
+# /dev as runc itself does in user namespaces (same nodes; the device cgroup still applies)
+DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _grant_chroot(process: dict[str, object]) -> list[str]:
+    """enclave-init chroots into the pulled image: give it CAP_SYS_CHROOT when the spec lists
+    capabilities without it, and CAP_SETPCAP so it can take CAP_SYS_CHROOT out of the bounding
+    set again (else a root workload would regain it at its next execve). enclave-init drops what
+    was added, from every set, before the workload runs. Returns the added names. Without a
+    capabilities list runc leaves root's capabilities alone."""
+    caps = process.get("capabilities")
+    if not isinstance(caps, dict):
+        return []
+    bounding = caps.get("bounding") or []
+    added = [c for c in (CHROOT_CAP, SETPCAP_CAP) if c not in bounding]
+    if CHROOT_CAP not in added:
+        return []
+    for kind in ("bounding", "effective", "permitted"):
+        current = caps.get(kind)
+        caps[kind] = [*(current if isinstance(current, list) else []), *added]
+    return added
+
+
+def replicate_mounts(spec: Spec) -> None:
+    """The pulled image becomes the workload's root (enclave-init chroots into it), so it gets
+    the container's mounts at the same places — /proc, /dev, /sys, volumes, /etc/hosts — plus
+    the default device nodes, and the masked and read-only paths again (the unpacker skips
+    anything the image holds under a mount point)."""
+    mounts = spec.setdefault("mounts", [])
+    copies = [{**m, "destination": IMAGE_ROOT + m["destination"]} for m in list(mounts)
+              if isinstance(m, dict) and isinstance(m.get("destination"), str)
+              and m["destination"].startswith("/") and m["destination"] != "/"
+              and not (m["destination"] + "/").startswith(layout.DIR + "/")]
+    mounts.extend(copies)
+    if any(m["destination"] == IMAGE_ROOT + "/dev" for m in copies):
+        for name in DEFAULT_DEVICES:
+            mounts.append({"destination": f"{IMAGE_ROOT}/dev/{name}", "type": "bind", "source": f"/dev/{name}",
+                           "options": ["bind", "nosuid", "noexec"]})
+    linux = spec.get("linux")
+    if isinstance(linux, dict):
+        for key in ("maskedPaths", "readonlyPaths"):
+            paths = linux.get(key)
+            if isinstance(paths, list):
+                linux[key] = [*paths, *(IMAGE_ROOT + p for p in paths if isinstance(p, str) and p.startswith("/"))]

@@ -109,14 +109,18 @@ class HttpTransport:
         return self._sock, self._conn
 
     def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> HttpResponse:
-        """One request; a kept-alive connection the server closed meanwhile is reopened once."""
+                headers: dict[str, str] | None = None, sink: Callable[[bytes], None] | None = None,
+                limit: int | None = None) -> HttpResponse:
+        """One request; a kept-alive connection the server closed meanwhile is reopened once.
+
+        With ``sink`` a 200 answer's body (up to ``limit`` bytes) is handed to it piece by piece
+        instead of being kept (image layers); other answers are kept as usual (``MAX_RESPONSE``)."""
         for attempt in (0, 1):
             reused = self._sock is not None
             try:
                 sock, conn = (self._sock, self._conn) if reused else self._open()
                 assert sock is not None and conn is not None
-                return self._exchange(sock, conn, method, path, body, headers or {})
+                return self._exchange(sock, conn, method, path, body, headers or {}, sink, limit)
             except _Stale:
                 self.close()
                 if not reused or attempt:
@@ -127,7 +131,8 @@ class HttpTransport:
         raise AssertionError("unreachable")
 
     def _exchange(self, sock: socket.socket, conn: h11.Connection, method: str, path: str,
-                  body: bytes | None, headers: dict[str, str]) -> HttpResponse:
+                  body: bytes | None, headers: dict[str, str], sink: Callable[[bytes], None] | None = None,
+                  limit: int | None = None) -> HttpResponse:
         fields = [("host", self.authority), *((k, v) for k, v in headers.items())]
         if body is not None:
             fields.append(("content-length", str(len(body))))
@@ -158,9 +163,12 @@ class HttpTransport:
                 response_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_RESPONSE:
+                if size > (limit if limit is not None and status == 200 else MAX_RESPONSE):
                     raise TransportError("response too large")
-                chunks.append(bytes(event.data))
+                if sink is not None and status == 200:
+                    sink(bytes(event.data))
+                else:
+                    chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                 break  # PAUSED: a CONNECT was accepted, the socket now carries raw bytes
             elif isinstance(event, h11.ConnectionClosed):

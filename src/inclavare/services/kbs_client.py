@@ -69,8 +69,12 @@ def _token_expiry(token: str) -> float | None:
 
 class KbsClient:
     def __init__(self, url: str, attester: Attester, *, timeout: float = 30.0,
-                 transport: HttpTransport | None = None, clock: Callable[[], float] = time.time) -> None:
+                 transport: HttpTransport | None = None, clock: Callable[[], float] = time.time,
+                 init_data: str | None = None) -> None:
+        """``init_data``: a Trustee init-data TOML document sent with the evidence (its digest
+        must be what the evidence's init-data field holds; the broker checks)."""
         self.url = url.rstrip("/")
+        self.init_data = init_data
         self.attester = attester
         self.http = transport or HttpTransport(self.url, timeout=timeout)
         self.clock = clock
@@ -125,7 +129,7 @@ class KbsClient:
         rd = runtime_data(pub, nonce, additional)
         evidence = self.attester.evidence(runtime_data_digest(rd, probe_tee))
         body = _json_body(self._request("POST", "/attest", {
-            "init-data": None,
+            "init-data": None if self.init_data is None else {"format": "toml", "body": self.init_data},
             "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
             "tee-evidence": {"primary_evidence": evidence, "additional_evidence": additional},
         }), "/attest")

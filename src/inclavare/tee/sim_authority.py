@@ -332,18 +332,19 @@ class SimAuthority:
         isv_prod_id: int = 0,
         isv_svn: int = 0,
         attributes: bytes = DEFAULT_ENCLAVE_ATTRIBUTES,
+        config_id: bytes = bytes(64),
     ) -> bytes:
         """An SGX ECDSA quote v3 for a simulated enclave; ``report_data`` (≤ 64 bytes) is
-        zero-padded to 64 bytes as attesters do."""
+        zero-padded to 64 bytes as attesters do; ``config_id`` is CONFIGID (set at launch)."""
         if len(mr_enclave) != 32 or len(mr_signer) != 32:
             raise ConfigError("mr_enclave and mr_signer are 32 bytes")
         if len(report_data) > 64:
             raise ConfigError("report_data is at most 64 bytes")
-        if len(attributes) != 16:
-            raise ConfigError("attributes are 16 bytes")
+        if len(attributes) != 16 or len(config_id) != 64:
+            raise ConfigError("attributes are 16 bytes and config_id 64")
         body = EnclaveReport.build(mr_enclave=mr_enclave, mr_signer=mr_signer,
                                    report_data=report_data.ljust(64, b"\0"), isv_prod_id=isv_prod_id,
-                                   isv_svn=isv_svn, attributes=attributes,
+                                   isv_svn=isv_svn, attributes=attributes, config_id=config_id,
                                    cpu_svn=self._identity.platform.cpu_svn)
         quote = build_sgx_quote(
             body, attestation_key=self._attestation_xy,

@@ -35,13 +35,15 @@ def register_value(measurement: bytes) -> bytes:
 
 
 def sim_attester(tee: Tee, measurement: bytes, intel: Callable[[], Any], amd: Callable[[], Any],
-                 rtmrs: tuple[bytes, bytes, bytes, bytes] | None = None) -> Attester:
+                 rtmrs: tuple[bytes, bytes, bytes, bytes] | None = None,
+                 config_id: bytes = bytes(64)) -> Attester:
     """The simulated platform's attester for a container of ``tee`` measured as ``measurement``
-    (``intel``/``amd`` load the simulated authorities on first use)."""
+    (``intel``/``amd`` load the simulated authorities on first use); ``config_id`` is SGX's
+    CONFIGID set at launch (the digest of the container's init-data)."""
     if tee == SGX:
         from inclavare.tee.sim_sgx import SimSgxAttester
 
-        return SimSgxAttester(intel(), measurement)
+        return SimSgxAttester(intel(), measurement, config_id=config_id)
     if tee == TDX:
         options = {"rtmrs": rtmrs} if rtmrs is not None else {}
         return SimTdxAttester(intel(), register_value(measurement), **options)

@@ -66,6 +66,9 @@ RUNELET_MODULES = (
     "inclavare.services.kbs_client",
     "inclavare.secrets.sealed",
     "inclavare.secrets.identity_sealed",
+    "inclavare.services.enclave_agent.image_step",  # guest pull (enclave.image)
+    "inclavare.images.guest_pull",
+    "zlib",  # tar+gzip layers: tarfile imports it only when it meets one
     "cryptography.hazmat.backends.openssl",  # imported lazily by the sealed-secret crypto (key wrap, ECDSA)
     "inclavare.services.http_transport",
     "ssl",  # an https key broker (imported only then)

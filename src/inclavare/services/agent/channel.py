@@ -19,7 +19,9 @@ enclave on real hardware:
   "isv_svn": N?}`` — the CPU's part of sealing (EGETKEY, simulated): a key for this container's
   identity only (:mod:`inclavare.secrets.sealing_keys`), ``{"key", "isv_svn", "isv_prod_id"}``;
 * ``CONNECT kbs`` — an opaque tunnel to the configured key broker, for containers without a
-  network: bytes are copied both ways and counted, never parsed, logged or stored.
+  network: bytes are copied both ways and counted, never parsed, logged or stored;
+* ``CONNECT HOST:PORT`` of a configured image registry (``--registry URL``) — the same opaque
+  tunnel, for guest pull: the enclave fetches manifests and (encrypted) layers itself.
 
 Only processes whose pid, mount and cgroup namespaces are those of the container's init are
 answered; anyone else — a host process, a container sharing the pid namespace, a process that
@@ -62,13 +64,26 @@ class RelayTarget:
         _, host, port = parse_origin(url)
         return cls(url.rstrip("/"), host, port)
 
+    @property
+    def authority(self) -> str:
+        """``host:port`` as an image reference names the registry (and CONNECT asks for it)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def connect(self, timeout: float) -> socket.socket:
-        """A TCP connection to the broker (``TCP_NODELAY``: bytes are forwarded as they come)."""
+        """A TCP connection to the target (``TCP_NODELAY``: bytes are forwarded as they come)."""
         try:
             return tcp_connect(self.host, self.port)(timeout)
         except OSError as exc:
-            raise HttpError(502, f"cannot reach the key broker at {self.host}:{self.port}: "
-                                 f"{exc.strerror or exc}") from None
+            raise HttpError(502, f"cannot reach {self.url}: {exc.strerror or exc}") from None
+
+
+def registry_targets(urls: list[str] | tuple[str, ...]) -> dict[str, RelayTarget]:
+    """Configured image registries by authority (``host:port``, the default port explicit)."""
+    targets: dict[str, RelayTarget] = {}
+    for url in urls:
+        target = RelayTarget.parse(url)
+        targets[target.authority] = target
+    return targets
 
 
 @dataclass
@@ -128,7 +143,8 @@ class Quoter:
 
         tee = tee_named(self.tee_of(reg))
         rtmrs = self._registers(reg).values() if tee == TDX else None
-        attester = sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs)
+        attester = sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs,
+                                config_id=_config_id(reg))
         return tee.name, attester.evidence(report_data)
 
     def extend_rtmr(self, reg: Registration, index: Any, digest: bytes) -> bytes:
@@ -169,11 +185,13 @@ class Channels:
     """Admission and routes of every container's channel (one listener per container)."""
 
     def __init__(self, registry: Registry, quoter: Quoter, relay: RelayTarget | None,
-                 metrics: Counters | None = None, sealing: SealingSecret | None = None) -> None:
+                 metrics: Counters | None = None, sealing: SealingSecret | None = None,
+                 registries: dict[str, RelayTarget] | None = None) -> None:
         self.registry = registry
         self.sealing = sealing
         self.quoter = quoter
         self.relay = relay
+        self.registries = registries or {}
         self.metrics = metrics or Counters({})
         self.counters: dict[str, RelayCounters] = {}
 
@@ -210,7 +228,8 @@ class Channels:
             tee = reg.simulated_tee
             return Response.json(200, {"container": reg.id, "enclave_type": reg.tee, "tee": tee or None,
                                        "simulated": bool(tee),
-                                       "kbs": {"url": self.relay.url} if self.relay else None})
+                                       "kbs": {"url": self.relay.url} if self.relay else None,
+                                       "registries": {name: t.url for name, t in self.registries.items()}})
         if method == "POST" and path == SEALING_KEY_PATH:
             return self._sealing_key(reg, request)
         if method == "CONNECT":
@@ -237,10 +256,7 @@ class Channels:
                                    "isv_prod_id": identity.isv_prod_id})
 
     def _tunnel(self, key: str, target: str) -> Tunnel:
-        if target.split(":", 1)[0] != "kbs":
-            raise HttpError(403, "the relay reaches the key broker only (CONNECT kbs)")
-        if self.relay is None:
-            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        relay = self._relay_for(target)
         counters = self.counters.setdefault(key, RelayCounters())
 
         def done(up: int, down: int) -> None:
@@ -249,7 +265,18 @@ class Channels:
             self.metrics.inc("agent_relay_bytes_total", up, direction="up")
             self.metrics.inc("agent_relay_bytes_total", down, direction="down")
 
-        return Tunnel(connect=self.relay.connect, done=done)
+        return Tunnel(connect=relay.connect, done=done)
+
+    def _relay_for(self, target: str) -> RelayTarget:
+        """The key broker (``CONNECT kbs``) or a configured registry (``CONNECT host:port``)."""
+        if target in self.registries:
+            return self.registries[target]
+        if target.split(":", 1)[0] != "kbs":
+            raise HttpError(403, "the relay reaches the key broker (CONNECT kbs) and the configured image "
+                                 "registries only")
+        if self.relay is None:
+            raise HttpError(503, "no key broker is configured for this node (start the agent with --kbs-url URL)")
+        return self.relay
 
     def forget(self, key: str) -> None:
         self.counters.pop(key, None)
@@ -265,6 +292,17 @@ def _rtmr_request(body: Any) -> tuple[Any, bytes]:
         return index, base64.b64decode(value, validate=True)
     except binascii.Error:
         raise HttpError(400, "digest is not base64") from None
+
+
+def _config_id(reg: Registration) -> bytes:
+    """CONFIGID, set at launch as the SGX launcher sets it: the digest of the init-data that names
+    the container's pulled image (zeros without one), so the broker can check what it claims."""
+    image = reg.enclave.get("image")
+    if not image:
+        return bytes(64)
+    from inclavare.images.reference import config_id, parse_image_ref
+
+    return config_id(parse_image_ref(image))
 
 
 def _report_data(body: Any) -> bytes:

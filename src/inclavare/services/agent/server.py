@@ -31,7 +31,7 @@ from inclavare import __version__
 from inclavare.errors import AgentError
 from inclavare.secrets.sealing_keys import SealingSecret
 from inclavare.services.agent import paths
-from inclavare.services.agent.channel import Channels, Quoter, RelayTarget
+from inclavare.services.agent.channel import Channels, Quoter, RelayTarget, registry_targets
 from inclavare.services.agent.registry import Registration, Registry, registration_from
 from inclavare.services.enclave_layout import HOST_SOCKET_NAME
 from inclavare.services.logs import configure, event, request_id
@@ -62,7 +62,7 @@ def _root_only(peer: Peer | None) -> None:
 class Agent:
     def __init__(self, state_dir: str, control_socket: str, kbs_url: str | None = None,
                  extra_control: dict[str, ControlHandlerFactory] | None = None,
-                 limits: Limits | None = None, epc_mib: int = 0) -> None:
+                 limits: Limits | None = None, epc_mib: int = 0, registries: list[str] | None = None) -> None:
         self.state_dir = state_dir
         self.epc_mib = epc_mib  # the simulated TEE's EPC (0: not accounted)
         self.control_socket = os.path.abspath(control_socket)
@@ -77,7 +77,8 @@ class Agent:
         })
         self.sealing = SealingSecret(state_dir)  # the simulated CPU's sealing secret
         quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"))
-        self.channels = Channels(self.registry, quoter, self.relay, self.metrics, self.sealing)
+        self.channels = Channels(self.registry, quoter, self.relay, self.metrics, self.sealing,
+                                 registry_targets(registries or []))
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
@@ -221,9 +222,9 @@ class Agent:
 
 def serve(state_dir: str, control_socket: str, kbs_url: str | None = None,
           extra_control: dict[str, ControlHandlerFactory] | None = None, epc_mib: int = 0,
-          log_format: str = "text") -> int:
+          log_format: str = "text", registries: list[str] | None = None) -> int:
     configure("agent", log_format)
-    agent = Agent(state_dir, control_socket, kbs_url, extra_control, epc_mib=epc_mib)
+    agent = Agent(state_dir, control_socket, kbs_url, extra_control, epc_mib=epc_mib, registries=registries)
     agent.start()
     log.warning("simulated TEE: quotes are signed by this installation's SIMULATED SGX root; "
                 "they prove nothing about hardware and nothing should trust them unless told to")

@@ -56,8 +56,11 @@ KBS_CA_FILE = "/etc/inclavare/kbs-ca.pem"
 
 
 class EnclaveAgent:
-    def __init__(self, host: HostChannel, own: Namespaces | None = None) -> None:
+    def __init__(self, host: HostChannel, own: Namespaces | None = None, image: str = "") -> None:
+        """``image``: the container's pulled image (``enclave.image``); its init-data goes with
+        every attestation, so key-release policies can require it."""
         self.host = host
+        self.image = image
         self.attester = _HostAttester(NodeQuoteAttester(host))
         self.own = own or own_namespaces()
         self._kbs: Any = None
@@ -172,8 +175,20 @@ class EnclaveAgent:
 
             url = self._relay_url()
             transport = HttpTransport(url, connect=self._tunnel, ssl_context=_kbs_ssl_context(url))
-            self._kbs = KbsClient(url, self.attester, transport=transport)
+            self._kbs = KbsClient(url, self.attester, transport=transport, init_data=self._init_data())
         return self._kbs
+
+    def _init_data(self) -> str | None:
+        if not self.image:
+            return None
+        from inclavare.images.reference import init_data, parse_image_ref
+
+        return init_data(parse_image_ref(self.image))
+
+    def fetch_key(self, kid: str) -> bytes:
+        """A KBS resource for the guest pull (an image layer's key-encryption key)."""
+        with self._kbs_lock:
+            return bytes(self._client().get_resource(kid))
 
     def _relay_url(self) -> str:
         try:

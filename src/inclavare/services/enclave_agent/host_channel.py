@@ -152,10 +152,11 @@ class HostChannel:
     def collateral(self) -> bytes:
         return self._call("GET", "/v1/collateral")
 
-    def tunnel(self, timeout: float) -> socket.socket:
-        """A byte pipe to the node's key broker through the host (``CONNECT kbs``)."""
+    def tunnel(self, timeout: float, target: str = "kbs:0") -> socket.socket:
+        """A byte pipe through the host to the node's key broker (``CONNECT kbs``) or to a
+        registry the node agent is configured for (``CONNECT host:port``)."""
         try:
-            return self._transport(timeout).tunnel("kbs:0")
+            return self._transport(timeout).tunnel(target)
         except TunnelRefused as exc:
             raise HostChannelError(f"the node agent's relay refused ({exc.response.status}): "
                                    f"{_detail(exc.response.body)}") from None

@@ -31,7 +31,8 @@ def main() -> NoReturn:
     from inclavare.services.enclave_agent.host_channel import HostChannel
     from inclavare.services.unix_http import Limits, UnixHttpServer
 
-    agent = EnclaveAgent(HostChannel())
+    # argv[1], when rune gave one: the container's pulled image (enclave.image)
+    agent = EnclaveAgent(HostChannel(), image=sys.argv[1] if len(sys.argv) > 1 else "")
     server = UnixHttpServer(Limits(workers=4, max_connections=64, per_listener=64),
                             logging.getLogger("inclavare.enclave_agent"))
     server.adopt(listener, agent.handle, name="enclave agent", admit=agent.admit)
