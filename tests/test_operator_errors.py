@@ -65,16 +65,26 @@ def test_agent_state_dir_holds_its_pool_and_runtime_folder(tmp_path: Path) -> No
     (tmp_path / "a").mkdir()
     agent = AgentProcess(tmp_path / "a")
     env = {k: v for k, v in os.environ.items() if k not in ("INCLAVARE_EPM_DIR", "INCLAVARE_RUNELET_DIR")}
-    proc = subprocess.Popen([INCLAVARE, "agent", "serve", "--state-dir", str(agent.state_dir), "--socket",
-                             agent.socket], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([INCLAVARE, "agent", "serve", "--state-dir", str(agent.state_dir), "--socket",
+                                 agent.socket], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 60  # a fresh state dir builds the enclave runtime folder first
+        while True:
             try:
                 if client.call(agent.socket, "GET", "/v1/health", timeout=2)["status"] == "ok":
                     break
             except Exception:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the agent did not answer within 60 s:\n" + log.read_text()[-2000:]
                 time.sleep(0.05)
         assert (agent.state_dir / "runelet").is_dir() and (agent.state_dir / "sim").is_dir()
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the agent did not stop within 30 s of SIGTERM:\n" + log.read_text()[-2000:])

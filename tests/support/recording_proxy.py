@@ -20,7 +20,11 @@ class RecordingProxy:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def _relay(self, client: socket.socket) -> None:
-        server = socket.create_connection(self.upstream)
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()  # the caller sees the refusal at once, as without the proxy
+            return
         for src, dst, log in ((client, server, self.up), (server, client, self.down)):
             threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
 
