@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from inclavare.tee.sim_amd import SimAmdAuthority
 from inclavare.tee.sim_authority import SimAuthority
 from inclavare.verify.evidence import TrustConfig, verify_evidence
 from tests.conftest import BundleFactory
-from tests.enclave.conftest import Rune, measure, rune_with
+from tests.enclave.conftest import Rune, measure
 from tests.support.agent import AgentProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse here")]
@@ -66,21 +65,6 @@ print(json.dumps({{"evidence": evidence, "tee": attester.tee.name, "generations"
 """
 
 
-@pytest.fixture(scope="module")
-def tsm_agent(tmp_path_factory: pytest.TempPathFactory, rune_bin: str) -> Iterator[AgentProcess]:
-    agent = AgentProcess(tmp_path_factory.mktemp("tsm")).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
-
-
-@pytest.fixture
-def tsm_rune(tsm_agent: AgentProcess, monkeypatch: pytest.MonkeyPatch, rune_bin: str, runc_root: str,
-             tmp_path: Path) -> Rune:
-    return rune_with(tsm_agent, monkeypatch, rune_bin, runc_root, tmp_path)
-
-
 def _status(rune: Rune, cid: str) -> str:
     return str(json.loads(rune("state", cid).stdout or "{}").get("status"))
 
@@ -95,14 +79,14 @@ def _trust(agent: AgentProcess, tee: Tee) -> TrustConfig:
 
 @pytest.mark.parametrize("tee", [TDX, SNP], ids=lambda t: t.name)
 def test_tsm_attester_runs_unchanged_inside_and_answers_only_its_container(
-        tee: Tee, tsm_agent: AgentProcess, tsm_rune: Rune, bundle_factory: BundleFactory) -> None:
+        tee: Tee, agent: AgentProcess, rune: Rune, bundle_factory: BundleFactory) -> None:
     bundle = bundle_factory([*interpreter_command(RT, SCRIPT)],
                             annotations={"enclave.type": tee.name, "enclave.runtime.path": "sim"})
     cid = f"tsm-{tee.name}"
-    out = tsm_rune.create(bundle, cid)
+    out = rune.create(bundle, cid)
     try:
-        (reg,) = [c for c in tsm_agent.containers() if c["id"] == cid]
-        report_dir = tsm_agent.work / "run" / "agent" / "tsm" / registration_key(reg["root"], cid)
+        (reg,) = [c for c in agent.containers() if c["id"] == cid]
+        report_dir = agent.work / "run" / "agent" / "tsm" / registration_key(reg["root"], cid)
         assert report_dir.is_dir()  # runc resolved it for the bind; the inside is the container's
         # a host process (this test) is refused, whatever it tries
         for attempt in (lambda: os.mkdir(report_dir / "host"), lambda: os.listdir(report_dir)):
@@ -110,13 +94,13 @@ def test_tsm_attester_runs_unchanged_inside_and_answers_only_its_container(
                 attempt()
             assert refused.value.errno == errno.EACCES
 
-        assert tsm_rune("start", cid).returncode == 0
+        assert rune("start", cid).returncode == 0
         deadline = time.monotonic() + 30
-        while _status(tsm_rune, cid) != "stopped" and time.monotonic() < deadline:
+        while _status(rune, cid) != "stopped" and time.monotonic() < deadline:
             time.sleep(0.05)
         result = json.loads(out.read_text().strip().splitlines()[-1])
     finally:
-        tsm_rune("delete", "--force", cid)
+        rune("delete", "--force", cid)
     assert not report_dir.exists()  # deregistered: its directory is gone with its entries
 
     assert result["tee"] == tee.name and result["provider"] == {TDX.name: "tdx_guest", SNP.name: "sev_guest"}[tee.name]
@@ -126,5 +110,5 @@ def test_tsm_attester_runs_unchanged_inside_and_answers_only_its_container(
     assert result["files"] == sorted(expected + (["auxblob", "privlevel_floor"] if tee == SNP else []))
     assert result["after_rmdir"] == []
     verdict = verify_evidence(tee.name, result["evidence"], report_data=NONCE.encode().ljust(64, b"\0"),
-                              trust=_trust(tsm_agent, tee), now=datetime.now(timezone.utc))
-    assert verdict.claims[FIELD[tee.name]] == measure(bundle, tsm_agent.env) + "00" * 16
+                              trust=_trust(agent, tee), now=datetime.now(timezone.utc))
+    assert verdict.claims[FIELD[tee.name]] == measure(bundle, agent.env) + "00" * 16

@@ -12,6 +12,8 @@ wrapper (paths in :mod:`inclavare.services.enclave_layout`):
   agent, enclave-init and the attest client);
 * the node agent's channel for this one container, read-only, at ``/run/inclavare/host``
   (quotes, collateral, the opaque relay — the host's roles only);
+* for simulated TDX/SNP, the node agent's configfs-tsm for this container at
+  ``/sys/kernel/config/tsm/report`` (over a small tmpfs at ``/sys/kernel``; see :func:`add_tsm`);
 * ``process.args`` run through enclave-init, which execs the workload as pid 1 and starts the
   enclave agent only when something connects to it.
 
