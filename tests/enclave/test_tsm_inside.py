@@ -15,7 +15,6 @@ import json
 import os
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 

@@ -157,7 +157,7 @@ class TsmFs:
         try:
             self.channels.admit(key, peer)
         except HttpError as exc:
-            log.info("configfs-tsm: refused pid %d for container %s: %s", ctx.pid, reg.id, exc.detail)
+            log.debug("configfs-tsm: refused pid %d for container %s: %s", ctx.pid, reg.id, exc.detail)
             raise _fail(errno.EACCES) from None
         return reg
 
@@ -250,7 +250,7 @@ class TsmFs:
         fs = self
         self._limiter = trio.CapacityLimiter(QUOTE_WORKERS)
 
-        class Ops(pyfuse3.Operations):  # type: ignore[misc]
+        class Ops(pyfuse3.Operations):
             async def getattr(self, inode: int, ctx: Any = None) -> Any:
                 return fs._attr(inode)
 
