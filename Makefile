@@ -9,11 +9,12 @@ PYTEST_ARGS ?=
 
 # Debian packages the project and its tests use (runc, busybox and the container engines the tests
 # drive; swtpm and skopeo for the TPM and image work; gcc for rune's native launcher; libtss2-dev,
-# pkg-config and libffi-dev to build tpm2-pytss, which PyPI ships as source only).
+# pkg-config and libffi-dev to build tpm2-pytss, which PyPI ships as source only; fuse3 and
+# libfuse3-dev for pyfuse3, the node agent's configfs-tsm inside sim TDX/SNP containers).
 APT_PACKAGES := runc busybox-static containerd podman skopeo umoci docker-registry \
 	swtpm swtpm-tools tpm2-tools containernetworking-plugins conmon uidmap \
 	fuse-overlayfs slirp4netns gcc libc6-dev make python3-venv postgresql mmdebstrap \
-	libtss2-dev pkg-config libffi-dev
+	libtss2-dev pkg-config libffi-dev fuse3 libfuse3-dev
 
 .PHONY: setup apt venv test demo bench clean
 

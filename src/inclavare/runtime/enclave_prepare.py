@@ -228,7 +228,8 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
                 raise ConfigError("the node agent gave no channel for the container (is it an older version?)")
             from inclavare.runtime.enclave_side import add_runtime
 
-            add_runtime(spec, rt_dir, channel, config.image)
+            tsm = answer.get("tsm") if isinstance(answer, dict) else None
+            add_runtime(spec, rt_dir, channel, config.image, tsm if isinstance(tsm, str) and os.path.isabs(tsm) else "")
         except BaseException:
             prepared.release(record)
             raise

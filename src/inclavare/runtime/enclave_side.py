@@ -12,6 +12,8 @@ wrapper (paths in :mod:`inclavare.services.enclave_layout`):
   agent, enclave-init and the attest client);
 * the node agent's channel for this one container, read-only, at ``/run/inclavare/host``
   (quotes, collateral, the opaque relay — the host's roles only);
+* for simulated TDX/SNP, the node agent's configfs-tsm for this container at
+  ``/sys/kernel/config/tsm/report`` (over a small tmpfs at ``/sys/kernel``; see :func:`add_tsm`);
 * ``process.args`` run through enclave-init, which execs the workload as pid 1 and starts the
   enclave agent only when something connects to it.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from inclavare.errors import ConfigError
 from inclavare.runtime.bundle import process_ids, spec_mounts
 from inclavare.services import enclave_layout as layout
+from inclavare.tee.tsm import TSM_REPORT_DIR
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,13 +51,15 @@ def add_private_dir(spec: Spec, image: str = "") -> None:
                    "options": ["nosuid", "nodev", *sized, "mode=0755", f"uid={uid}", f"gid={gid}"]})
 
 
-def add_runtime(spec: Spec, rt_dir: str, channel_dir: str, image: str = "") -> None:
-    """The runtime folder and this container's node agent channel, both read-only, and the
-    process run through enclave-init."""
+def add_runtime(spec: Spec, rt_dir: str, channel_dir: str, image: str = "", tsm_dir: str = "") -> None:
+    """The runtime folder and this container's node agent channel, both read-only, configfs-tsm
+    when the agent serves it (``tsm_dir``), and the process run through enclave-init."""
     mounts = spec.setdefault("mounts", [])
     mounts.append({"destination": layout.RT, "type": "bind", "source": rt_dir, "options": list(_RO)})
     mounts.append({"destination": layout.HOST_DIR, "type": "bind", "source": channel_dir,
                    "options": [*_RO, "noexec"]})
+    if tsm_dir:
+        add_tsm(spec, tsm_dir)
     process = spec.get("process")
     args = process.get("args") if isinstance(process, dict) else None
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
@@ -66,6 +71,24 @@ def add_runtime(spec: Spec, rt_dir: str, channel_dir: str, image: str = "") -> N
         replicate_mounts(spec)
         drop = _grant_chroot(process)  # type: ignore[arg-type]
     process["args"] = layout.enclave_init_command(args, image, drop_caps=drop)  # type: ignore[index]
+
+
+TSM_PARENT = "/sys/kernel"
+
+
+def add_tsm(spec: Spec, tsm_dir: str) -> None:
+    """The node agent's configfs-tsm directory for this container at the kernel's path.
+
+    A container's /sys is read-only sysfs and this host mounts no configfs, so the mount point
+    cannot be made there: a small tmpfs replaces /sys/kernel (hiding the host kernel's tunables,
+    which a TD's workload would not see either) and holds the path down to ``report``."""
+    if not any(isinstance(m, dict) and m.get("destination") == "/sys" for m in spec.get("mounts") or []):
+        raise ConfigError("configfs-tsm needs the container's /sys mount (config.json has none)")
+    mounts = spec_mounts(spec, TSM_PARENT, "configfs-tsm")
+    mounts.append({"destination": TSM_PARENT, "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "noexec", "size=64k", "mode=0755"]})
+    mounts.append({"destination": TSM_REPORT_DIR, "type": "bind", "source": tsm_dir,
+                   "options": ["bind", "nosuid", "nodev", "noexec"]})
 
 
 CHROOT_CAP = "CAP_SYS_CHROOT"

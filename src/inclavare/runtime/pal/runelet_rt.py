@@ -68,6 +68,7 @@ RUNELET_MODULES = (
     "inclavare.secrets.identity_sealed",
     "inclavare.services.enclave_agent.image_step",  # guest pull (enclave.image)
     "inclavare.images.guest_pull",
+    "inclavare.tee.tsm",  # configfs-tsm inside sim TDX/SNP containers, as on a guest
     "zlib",  # tar+gzip layers: tarfile imports it only when it meets one
     "cryptography.hazmat.backends.openssl",  # imported lazily by the sealed-secret crypto (key wrap, ECDSA)
     "inclavare.services.http_transport",

@@ -43,7 +43,7 @@ from inclavare.services.http_transport import parse_origin, tcp_connect
 from inclavare.services.peer import Peer
 from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Request, Response, Tunnel
-from inclavare.tee.registry import SGX, TDX, tee_named
+from inclavare.tee.registry import SGX, TDX, Attester, tee_named
 from inclavare.tee.rtmr import RTMR_SIZE, Rtmrs
 
 if TYPE_CHECKING:
@@ -137,15 +137,19 @@ class Quoter:
                 "(aesmd / configfs-tsm inside the enclave), not from the node agent")
         return tee
 
-    def evidence(self, reg: Registration, report_data: bytes) -> tuple[str, dict[str, Any]]:
-        """``(tee, Trustee's evidence JSON)`` for ``reg``'s measurement over ``report_data``."""
+    def attester(self, reg: Registration) -> Attester:
+        """The simulated platform's attester for ``reg`` (its measurement, its RTMRs now)."""
         from inclavare.tee.sim_platform import sim_attester
 
         tee = tee_named(self.tee_of(reg))
         rtmrs = self._registers(reg).values() if tee == TDX else None
-        attester = sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs,
-                                config_id=_config_id(reg))
-        return tee.name, attester.evidence(report_data)
+        return sim_attester(tee, bytes.fromhex(reg.measurement), self._load, self._load_amd, rtmrs,
+                            config_id=_config_id(reg))
+
+    def evidence(self, reg: Registration, report_data: bytes) -> tuple[str, dict[str, Any]]:
+        """``(tee, Trustee's evidence JSON)`` for ``reg``'s measurement over ``report_data``."""
+        attester = self.attester(reg)
+        return attester.tee.name, attester.evidence(report_data)
 
     def extend_rtmr(self, reg: Registration, index: Any, digest: bytes) -> bytes:
         if self.tee_of(reg) != TDX.name:

@@ -33,6 +33,7 @@ from inclavare.secrets.sealing_keys import SealingSecret
 from inclavare.services.agent import paths
 from inclavare.services.agent.channel import Channels, Quoter, RelayTarget, registry_targets
 from inclavare.services.agent.registry import Registration, Registry, registration_from
+from inclavare.services.agent.tsm_fs import PROVIDER_OF, TsmFsError, TsmServer
 from inclavare.services.enclave_layout import HOST_SOCKET_NAME
 from inclavare.services.logs import configure, event, request_id
 from inclavare.services.peer import Peer
@@ -79,6 +80,7 @@ class Agent:
         quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"))
         self.channels = Channels(self.registry, quoter, self.relay, self.metrics, self.sealing,
                                  registry_targets(registries or []))
+        self.tsm = TsmServer(self.channels, os.path.join(self.run_dir, "agent", "tsm"))
         self.http = UnixHttpServer(limits, log)
         self.started = time.time()
         self._sim: Any = None
@@ -119,6 +121,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.http.stop()
+        self.tsm.stop()
 
     def wait(self) -> None:
         self._stop.wait()
@@ -157,6 +160,7 @@ class Agent:
             if listener is not None:
                 self.http.remove(listener)
         self.channels.forget(key)
+        self.tsm.forget(key)
         shutil.rmtree(os.path.join(self.channels_dir, key), ignore_errors=True)
 
     def register(self, doc: Any) -> dict[str, Any]:
@@ -167,12 +171,24 @@ class Agent:
         except OSError as exc:
             self.registry.deregister(reg.root, reg.id)
             raise AgentError(f"cannot open the channel of enclave container {reg.id}: {exc.strerror or exc}") from None
+        tsm = self._tsm_dir(reg)
         self.metrics.inc("agent_registrations_total")
         rid = request_id()  # in the answer too, so the caller's record and the agent's line meet
         event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
               reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
               epc_mib=reg.epc_mib, simulated=bool(reg.simulated_tee), request_id=rid)
-        return {**reg.public(), "channel": channel, "request_id": rid}
+        return {**reg.public(), "channel": channel, "tsm": tsm, "request_id": rid}
+
+    def _tsm_dir(self, reg: Registration) -> str | None:
+        """configfs-tsm's report directory for a simulated TDX/SNP container (rune binds it at
+        /sys/kernel/config/tsm/report); without FUSE the container still quotes via its channel."""
+        if reg.simulated_tee not in PROVIDER_OF:
+            return None
+        try:
+            return self.tsm.directory(reg)
+        except TsmFsError as exc:
+            log.warning("enclave container %s gets no configfs-tsm: %s", reg.id, exc)
+            return None
 
     def describe(self, reg: Registration) -> dict[str, Any]:
         counters = self.channels.counters.get(reg.key)
