@@ -79,11 +79,12 @@ def test_a_kubernetes_pod_runs_an_encrypted_image_pulled_inside_the_enclave(
     try:
         cid = client.create_container(pod, pod_cfg, "app", f"{BOOTSTRAP}:latest", [], own_pid_namespace=True)
         client.start(cid)
-        status = client.wait_exited(cid, timeout=60)
+        status = client.wait_exited(cid, timeout=30)
         log = (tmp_path / "app.log").read_text()
         assert status.exit_code == 0, log
         stdout = [line.split(" ", 3)[3] for line in log.splitlines() if line.split(" ")[1] == "stdout"]
         assert "".join(stdout).encode() == MARKER, log
+        assert pod not in {c["id"] for c in allow_the_image["agent"].containers()}  # pause: no enclave
         client.runtime.RemoveContainer(client.pb.RemoveContainerRequest(container_id=cid), timeout=30)
     finally:
         client.remove_pod(pod)

@@ -20,7 +20,11 @@ class RecordingProxy:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def _relay(self, client: socket.socket) -> None:
-        server = socket.create_connection(self.upstream)
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()  # the peer sees the upstream gone at once, not after its timeout
+            return
         for src, dst, log in ((client, server, self.up), (server, client, self.down)):
             threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
 
@@ -39,4 +43,10 @@ class RecordingProxy:
                 pass
 
     def close(self) -> None:
+        """Stop accepting: shutdown wakes the accept loop (a bare close leaves it blocked on a
+        descriptor number the next listener in this process may reuse, and steal its clients)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
