@@ -17,7 +17,7 @@ import pytest
 
 from inclavare.errors import ConfigError
 from inclavare.runtime.enclave_side import add_runtime
-from inclavare.sample_images import build_busybox_rootfs, rootfs_tar
+from inclavare.sample_images import build_busybox_rootfs
 from tests.images.conftest import MARKER, PLAIN_MARKER, policy
 from tests.integration.test_podman import RUN_FLAGS, Podman
 from tests.support.containerd import Containerd
@@ -30,10 +30,15 @@ NEVER_RUN = ("/never/run",)
 CAP_SYS_CHROOT = 18
 
 
-def _empty_rootfs(work: Path) -> str:
-    empty = work / "bootstrap-rootfs"
-    empty.mkdir(exist_ok=True)
-    return str(empty)
+def _scratch_bootstrap(work: Path) -> str:
+    """The smallest bootstrap: an image with no layer at all (umoci), as an OCI archive that
+    `ctr images import` and `podman load` take; its command is never run."""
+    layout = f"{work}/bootstrap-oci"
+    for cmd in (["umoci", "init", "--layout", layout], ["umoci", "new", "--image", f"{layout}:latest"],
+                ["umoci", "config", "--image", f"{layout}:latest", "--config.cmd", NEVER_RUN[0]],
+                ["skopeo", "copy", "--quiet", f"oci:{layout}:latest", f"oci-archive:{work}/bootstrap.tar:{BOOTSTRAP}:latest"]):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    return f"{work}/bootstrap.tar"
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,9 @@ def ctrd(tmp_path_factory: pytest.TempPathFactory, rune_bin: str, world: dict[st
     work = tmp_path_factory.mktemp("gp-ctrd")
     daemon = Containerd(work, rune_bin, env=world["agent"].env).start()
     try:
+        bootstrap = _scratch_bootstrap(work)
         for ns in (None, "k8s.io"):
-            daemon.import_busybox(work, name=BOOTSTRAP, namespace=ns, cmd=NEVER_RUN, rootfs=_empty_rootfs(work))
+            daemon.ctr("images", "import", bootstrap, namespace=ns)
         daemon.import_busybox(work, name="localhost/pause", tag="busybox", namespace="k8s.io",
                               entrypoint=("/bin/sleep",), cmd=("2147483647",),
                               rootfs=build_busybox_rootfs(str(work / "pause-rootfs")))
@@ -102,8 +108,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory, runc_bin: str, world: dict[
     rune = str(work / "rune")  # podman does not pass its environment to the runtime: bake the agent in
     install_launcher(rune, runc_bin, "auto", agent_socket=agent.socket, state_dir=agent.env["INCLAVARE_RUNE_STATE"])
     p = Podman(work, rune)
-    tar = rootfs_tar(_empty_rootfs(work), str(work / "bootstrap.tar"))
-    r = p("import", "--change", f'CMD ["{NEVER_RUN[0]}"]', tar, f"{BOOTSTRAP}:latest")
+    r = p("load", "--quiet", "--input", _scratch_bootstrap(work))
     assert r.returncode == 0, r.stderr
     try:
         yield p
