@@ -1,7 +1,7 @@
 """Guest pull from the container engines (issue 14 item 2): containerd through `ctr run` and
 through its CRI plugin (the Kubernetes path, pod annotations as a user writes them), and podman.
 
-Each engine is given a bootstrap image with an empty root file system, imported into its own
+Each engine is given a bootstrap image with no layer at all (umoci), imported into its own
 store; the enclave pulls the encrypted workload image through the node agent's relay and runs
 its entrypoint, whose output (the image's marker file) the engine hands back. The world (registry,
 KBS, relaying agent, pushed images) is the one tests/images/conftest.py builds."""
@@ -25,7 +25,7 @@ from tests.support.cri.client import CRIClient
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-BOOTSTRAP = "localhost/bootstrap"  # the engines' image: an empty root file system, never run
+BOOTSTRAP = "localhost/bootstrap"  # the engines' image: no layer at all, never run
 NEVER_RUN = ("/never/run",)
 CAP_SYS_CHROOT = 18
 
