@@ -9,124 +9,22 @@ image's entrypoint. The key-release policy pins the image through the init-data 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inclavare.sample_images import build_busybox_rootfs, build_oci_archive
-from inclavare.tee.sim_authority import SimAuthority
 from tests.conftest import BundleFactory
 from tests.enclave.conftest import Rune
+from tests.images.conftest import MARKER, PLAIN_MARKER, policy
 from tests.images.registry import Registry
-from tests.kbs.kbs_harness import ADMIN_AUDIENCE, KbsProcess, config_text, write_admin_keys
-from tests.support.agent import AgentProcess
-from tests.support.recording_proxy import RecordingProxy
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-MARKER = b"guest-pull-marker-5b9e2d71-plaintext-only-inside-the-enclave"
-PLAIN_MARKER = b"guest-pull-plain-image-marker-0c4f"
-KID = "kbs:///tenant/key/app"
-# the unencrypted image's command: its marker, the environment it got, and its enclave agent
-PLAIN_SCRIPT = ('cat /plain.txt; echo; echo "$GREETING $FROM_SPEC $PATH"; '
-                '/run/inclavare/bin/attest evidence --runtime-data x | grep -q quote && echo agent-reachable; '
-                'grep -E "^Cap(Eff|Prm|Bnd)" /proc/self/status; /run/inclavare/bin/attest token')
 CAP_SYS_CHROOT = 18
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inclavare.cli.main", *args], capture_output=True, text=True,
-                          timeout=120)
-
-
-def _digest(ref: str) -> str:
-    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", ref], capture_output=True,
-                         timeout=60, check=True).stdout
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def _policy(condition: str) -> str:
-    return ('package policy\nimport rego.v1\ndefault allow := false\n'
-            'ev := input.submods.cpu0["ear.veraison.annotated-evidence"]\n'
-            f'allow if {{ data.plugin == "resource"; ev.simulated == true; {condition} }}\n')
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, rune_bin: str) -> Iterator[dict[str, Any]]:
-    work = tmp_path_factory.mktemp("guest-pull")
-    (work / "kbs").mkdir()
-    (work / "registry").mkdir()
-    (work / "agent-home").mkdir()
-    agent = AgentProcess(work / "agent-home")
-    SimAuthority.load_or_create(str(agent.state_dir / "sim")).export(str(work / "kbs" / "sim"))
-    key = write_admin_keys(str(work / "kbs"))
-    kbs = KbsProcess(str(work / "kbs"), config_text("sqlite:///kbs.db", sample=False, extra=(
-        '[attestation]\ninsecure_sim_trust_anchor = "sim/root-ca.pem"\n'
-        'insecure_sim_collateral = "sim/collateral.json"\n')), key).start()
-    registry = Registry(str(work / "registry")).start()
-    host, port = registry.address.split(":")
-    proxy = RecordingProxy((host, int(port)))  # what the host relays, kept
-    via = proxy.url.split("//", 1)[1]  # the registry as the enclave names it (through the recording proxy)
-    agent.kbs_url = kbs.url
-    agent.registries = [proxy.url]
-    agent.start()
-
-    rootfs = build_busybox_rootfs(str(work / "image-rootfs"), extra_files={"secret/marker.txt": MARKER})
-    os.makedirs(os.path.join(rootfs, "app"), exist_ok=True)
-    plain = build_oci_archive(rootfs, str(work / "app.tar"), cmd=["/bin/cat", "marker.txt"],
-                              env=["PATH=/bin", "GREETING=from-the-image"])
-    # WorkingDir /secret: the image config's directory is honoured
-    subprocess.run(["skopeo", "copy", "--quiet", f"oci-archive:{plain}", f"oci:{work}/app-oci:latest"], check=True,
-                   timeout=60)
-    _set_workdir(str(work / "app-oci"), "/secret")
-    r = _cli("image", "encrypt", f"oci:{work}/app-oci:latest", f"docker://{registry.address}/tenant/app:enc",
-             "--key", KID, "--kbs-url", kbs.url, "--admin-key", str(work / "kbs" / "admin.key"),
-             "--kbs-audience", ADMIN_AUDIENCE, "--key-dir", str(work / "tenant-keys"), "--plain-http")
-    assert r.returncode == 0, r.stderr
-    enc_digest = _digest(f"docker://{registry.address}/tenant/app:enc")
-
-    plain_rootfs = build_busybox_rootfs(str(work / "plain-rootfs"), extra_files={"plain.txt": PLAIN_MARKER})
-    plain_tar = build_oci_archive(plain_rootfs, str(work / "plain.tar"), cmd=["/bin/sh", "-c", PLAIN_SCRIPT],
-                                  env=["PATH=/bin", "GREETING=from-the-image", "FROM_SPEC=overridden"])
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{plain_tar}",
-                    f"docker://{registry.address}/tenant/plain:v1"], check=True, timeout=60)
-    plain_digest = _digest(f"docker://{registry.address}/tenant/plain:v1")
-    try:
-        yield {"work": work, "kbs": kbs, "agent": agent, "registry": registry, "proxy": proxy,
-               "image": f"{via}/tenant/app@{enc_digest}", "plain_image": f"{via}/tenant/plain@{plain_digest}",
-               "enc_digest": enc_digest}
-    finally:
-        agent.stop()
-        proxy.close()
-        registry.stop()
-        kbs.stop()
-
-
-def _set_workdir(layout: str, workdir: str) -> None:
-    """Rewrite the (single) image's config in an OCI layout with another WorkingDir."""
-    def blob(digest: str) -> str:
-        return os.path.join(layout, "blobs", "sha256", digest[7:])
-
-    def put(doc: dict[str, Any]) -> tuple[str, int]:
-        data = json.dumps(doc).encode()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        Path(blob(digest)).write_bytes(data)
-        return digest, len(data)
-
-    index = json.loads(Path(layout, "index.json").read_text())
-    manifest = json.loads(Path(blob(index["manifests"][0]["digest"])).read_text())
-    config = json.loads(Path(blob(manifest["config"]["digest"])).read_text())
-    config["config"]["WorkingDir"] = workdir
-    manifest["config"]["digest"], manifest["config"]["size"] = put(config)
-    index["manifests"][0]["digest"], index["manifests"][0]["size"] = put(manifest)
-    Path(layout, "index.json").write_text(json.dumps(index))
 
 
 @pytest.fixture
@@ -155,7 +53,7 @@ def _enclave(bundle_factory: BundleFactory, image: str, tmp_path: Path, **extra:
 def test_encrypted_image_is_pulled_decrypted_and_run_inside_the_enclave_only(
         world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
     kbs, proxy = world["kbs"], world["proxy"]
-    kbs.set_resource_policy(_policy(f'ev.init_data_claims.image == "{world["image"]}"'))
+    kbs.set_resource_policy(policy(f'ev.init_data_claims.image == "{world["image"]}"'))
     r = rune_g("run", "--bundle", _enclave(bundle_factory, world["image"], tmp_path), _id("gp-ok"), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.encode() == MARKER  # cat marker.txt in WorkingDir /secret: the image's entrypoint ran
@@ -181,7 +79,7 @@ def test_encrypted_image_is_pulled_decrypted_and_run_inside_the_enclave_only(
 ], ids=["another-image-digest", "another-measurement"])
 def test_a_policy_for_another_image_or_measurement_releases_no_key_and_nothing_runs(
         world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path, condition: str) -> None:
-    world["kbs"].set_resource_policy(_policy(condition))
+    world["kbs"].set_resource_policy(policy(condition))
     r = rune_g("run", "--bundle", _enclave(bundle_factory, world["image"], tmp_path), _id("gp-deny"), timeout=120)
     assert r.returncode != 0 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
     failure = [line for line in r.stderr.splitlines() if "the workload is not started" in line]
@@ -192,7 +90,7 @@ def test_an_unencrypted_image_by_digest_runs_with_its_integrity_checked(
         world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
     """No key is needed (none is released); process.env is layered over the image's Env but the
     image keeps its PATH; the workload reaches its enclave agent at the usual paths."""
-    world["kbs"].set_resource_policy(_policy("false"))
+    world["kbs"].set_resource_policy(policy("false"))
     bundle = _enclave(bundle_factory, world["plain_image"], tmp_path)
     spec = json.loads(Path(bundle, "config.json").read_text())
     spec["process"]["env"] = ["FROM_SPEC=yes", "PATH=/bootstrap/only"]
@@ -235,7 +133,7 @@ def test_a_registry_the_node_does_not_relay_to_is_refused_in_one_line(
 def test_a_layer_tampered_in_the_registry_is_refused(
         world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
     """Runs last in this module: it corrupts the encrypted image's layer in the registry."""
-    world["kbs"].set_resource_policy(_policy(f'ev.init_data_claims.image == "{world["image"]}"'))
+    world["kbs"].set_resource_policy(policy(f'ev.init_data_claims.image == "{world["image"]}"'))
     registry: Registry = world["registry"]
     raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
                           f"docker://{registry.address}/tenant/app@{world['enc_digest']}"],

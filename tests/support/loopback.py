@@ -7,10 +7,26 @@ import threading
 from collections.abc import Callable
 
 
+class _Listener(socket.socket):
+    """Closing wakes the accept loop first: a bare close leaves it blocked, and its retry after a
+    signal would accept on whatever listener reuses the descriptor number next (stealing the
+    clients of the next test's server)."""
+
+    def close(self) -> None:
+        try:
+            self.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        super().close()
+
+
 def serve_in_background(handle: Callable[[socket.socket], None]) -> socket.socket:
     """Listen on an ephemeral loopback port; ``handle(conn)`` runs per connection until the
     returned socket is closed."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = _Listener(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
 
     def accept_loop() -> None:
         while True:

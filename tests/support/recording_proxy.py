@@ -23,7 +23,7 @@ class RecordingProxy:
         try:
             server = socket.create_connection(self.upstream)
         except OSError:
-            client.close()  # the caller sees the refusal at once, as without the proxy
+            client.close()  # the peer sees the upstream gone at once, not after its timeout
             return
         for src, dst, log in ((client, server, self.up), (server, client, self.down)):
             threading.Thread(target=self._copy, args=(src, dst, log), daemon=True).start()
@@ -43,4 +43,4 @@ class RecordingProxy:
                 pass
 
     def close(self) -> None:
-        self.sock.close()
+        self.sock.close()  # wakes the accept loop first (tests.support.loopback)

@@ -69,7 +69,9 @@ def add_runtime(spec: Spec, rt_dir: str, channel_dir: str, image: str = "", tsm_
     drop: list[str] = []
     if image:
         replicate_mounts(spec)
+        _check_chroot_possible(spec, process)  # type: ignore[arg-type]
         drop = _grant_chroot(process)  # type: ignore[arg-type]
+        _allow_chroot_syscall(spec, granted=bool(drop))
     process["args"] = layout.enclave_init_command(args, image, drop_caps=drop)  # type: ignore[index]
 
 
@@ -118,16 +120,58 @@ def _grant_chroot(process: dict[str, object]) -> list[str]:
     return added
 
 
+def _check_chroot_possible(spec: Spec, process: dict[str, object]) -> None:
+    """Refuse in one line what cannot chroot: a non-root user keeps no capability across
+    enclave-init's execve unless it is ambient (engines set the user from `--user` or
+    `runAsUser`; they never make CAP_SYS_CHROOT ambient)."""
+    uid, _gid = process_ids(spec)
+    caps = process.get("capabilities")
+    ambient = caps.get("ambient") if isinstance(caps, dict) else None
+    if uid != 0 and not (isinstance(ambient, list) and CHROOT_CAP in ambient):
+        raise ConfigError(f"enclave.image needs the container to start as root (it runs as uid {uid}): "
+                          "enclave-init chroots into the pulled image, then runs the workload as the "
+                          "image's own User; set the user in the image, not in the engine")
+
+
+def _allow_chroot_syscall(spec: Spec, granted: bool) -> None:
+    """Engines' seccomp profiles deny chroot(2) to a container without CAP_SYS_CHROOT (podman
+    --cap-drop, a pod dropping it). When rune granted the capability for enclave-init it lets
+    the syscall through as well: the workload, which holds the capability in no set, is still
+    refused by the kernel. A profile denying chroot to a container that holds the capability
+    is the operator's word: refused in one line."""
+    linux = spec.get("linux")
+    seccomp = linux.get("seccomp") if isinstance(linux, dict) else None
+    if not isinstance(seccomp, dict) or seccomp.get("defaultAction") == "SCMP_ACT_ALLOW":
+        return
+    rules = seccomp.setdefault("syscalls", [])
+    if not isinstance(rules, list):
+        raise ConfigError("linux.seccomp.syscalls in config.json must be a list")
+    naming = [r for r in rules if isinstance(r, dict) and isinstance(r.get("names"), list) and "chroot" in r["names"]]
+    if any(r.get("action") == "SCMP_ACT_ALLOW" and not r.get("args") for r in naming):
+        return
+    if not granted:
+        raise ConfigError("enclave.image needs chroot(2), which the container's seccomp profile denies")
+    for rule in naming:
+        rule["names"] = [n for n in rule["names"] if n != "chroot"]
+    rules[:] = [r for r in rules if not (isinstance(r, dict) and r.get("names") == [])]
+    rules.append({"names": ["chroot"], "action": "SCMP_ACT_ALLOW"})
+
+
 def replicate_mounts(spec: Spec) -> None:
     """The pulled image becomes the workload's root (enclave-init chroots into it), so it gets
     the container's mounts at the same places — /proc, /dev, /sys, volumes, /etc/hosts — plus
     the default device nodes, and the masked and read-only paths again (the unpacker skips
-    anything the image holds under a mount point)."""
+    anything the image holds under a mount point).
+
+    Not copied: /run/inclavare and what lies under it, and a mount above it (containerd's
+    default spec puts a tmpfs on /run): the image's /run stays on the enclave tmpfs, where the
+    pull step links the agent's socket (a hard link cannot cross into another file system)."""
     mounts = spec.setdefault("mounts", [])
     copies = [{**m, "destination": IMAGE_ROOT + m["destination"]} for m in list(mounts)
               if isinstance(m, dict) and isinstance(m.get("destination"), str)
               and m["destination"].startswith("/") and m["destination"] != "/"
-              and not (m["destination"] + "/").startswith(layout.DIR + "/")]
+              and not (m["destination"] + "/").startswith(layout.DIR + "/")
+              and not layout.DIR.startswith(m["destination"].rstrip("/") + "/")]
     mounts.extend(copies)
     if any(m["destination"] == IMAGE_ROOT + "/dev" for m in copies):
         for name in DEFAULT_DEVICES:
