@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from inclavare.errors import ConfigError, EnclaveConfigError
-from inclavare.runtime.enclave_config import RUNTIME_SIM, read_enclave_request, simulated_tee
+from inclavare.runtime.enclave_config import RUNTIME_SIM, read_enclave_request
+from inclavare.tee.simulated import simulated_tee
 from inclavare.tee.registry import SAMPLE, SGX, SNP, TDX
 from inclavare.tee.sim_platform import register_value, sim_attester
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from inclavare.errors import EnclaveConfigError
 from inclavare.immutable import Immutable
-from inclavare.tee.simulated import SIM_RUNTIME, SIM_TYPE, is_simulated, simulated_tee, vm_tee_types
+from inclavare.tee.simulated import SIM_RUNTIME, SIM_TYPE, is_simulated, vm_tee_types
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
