@@ -58,6 +58,13 @@ def test_verify_snp(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and json.loads(out)["claims"]["report_data"].startswith("0102030405")
 
 
+def test_verify_snp_without_a_vcek_anywhere_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare report carries no cert_chain: the VCEK must come from --vcek (said in one line)."""
+    code, out, err = _run(capsys, "verify", str(vector("snp", "attestation.bin")), "--ca",
+                          str(vector("snp", "ask_ark_milan.pem")), "--at", "2026-11-28T00:00:00Z")
+    assert code != 0 and out == "" and err.count("\n") == 1 and "--vcek FILE unless the evidence carries" in err
+
+
 def test_inspect(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "inspect", str(vector("dcap", "tdx_quote_outdated")), "--json")
     assert code == 0

@@ -112,15 +112,19 @@ def _verify(args: argparse.Namespace) -> int:
                     "(`inclavare sim export`)") from None
             raise
     else:
-        if not args.vcek or not args.ca:
-            raise ConfigError("SNP evidence needs --vcek FILE and --ca FILE (ASK and ARK)")
         if evidence.snp_report is None:
             raise ConfigError("evidence is neither a DCAP quote nor an SNP report")
-        trust = load_trust(amd_chains=[args.ca], vceks=[args.vcek])
+        cert_chain = evidence.extra.get("cert_chain")  # a VCEK the attester sent (Trustee's snp evidence)
+        if not args.ca or not (args.vcek or cert_chain):
+            raise ConfigError("SNP evidence needs --ca FILE (ASK and ARK), and --vcek FILE unless the "
+                              "evidence carries its VCEK in cert_chain")
+        trust = load_trust(amd_chains=[args.ca], vceks=[args.vcek] if args.vcek else [])
         simulated = bool(trust.amd_chains) and all(  # only a simulated ASK/ARK vouched for it
             is_simulated(c) for chain in trust.amd_chains for c in chain)
-        verdict = verify_evidence(evidence.tee, {"attestation_report": encoded}, report_data=None,
-                                  trust=trust, now=now)
+        snp_evidence: dict[str, object] = {"attestation_report": encoded}
+        if cert_chain:
+            snp_evidence["cert_chain"] = cert_chain
+        verdict = verify_evidence(evidence.tee, snp_evidence, report_data=None, trust=trust, now=now)
     result = {"tee": verdict.tee, "simulated": simulated, "status": verdict.status,
               "advisory_ids": list(verdict.advisory_ids), "claims": verdict.claims}
     _print(result, args.json)
@@ -167,7 +171,8 @@ def add_parser(sub: Any) -> None:
     verify.add_argument("--collateral", metavar="FILE",
                         help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3 shape)")
     verify.add_argument("--trust-anchor", metavar="PEM", help="root CA(s) to trust instead of the Intel SGX Root CA")
-    verify.add_argument("--vcek", metavar="FILE", help="SNP VCEK certificate (DER or PEM)")
+    verify.add_argument("--vcek", metavar="FILE",
+                        help="SNP VCEK certificate (DER or PEM); not needed when the evidence carries it in cert_chain")
     verify.add_argument("--ca", metavar="FILE", help="SNP ASK and ARK certificates (PEM)")
     add_at_option(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
