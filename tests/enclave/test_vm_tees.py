@@ -10,6 +10,7 @@ changed container is refused. The evidence verifies with ``inclavare verify`` un
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,6 +92,9 @@ def test_secret_released_to_the_measured_vm_tee_container_only(
     verdict = json.loads(v.stdout)
     assert verdict["tee"] == tee.name and verdict["simulated"] is True, verdict
     assert verdict["claims"][FIELD[tee.name]] == measure(asker, agent.env) + "00" * 16
+    listed = subprocess.run([str(Path(sys.executable).parent / "inclavare"), "agent", "ls", "--socket", agent.socket],
+                            capture_output=True, text=True, timeout=30)
+    assert re.search(rf"^{tee.name}-evidence +{tee.name} \(SIMULATED\) ", listed.stdout, re.M), listed.stdout
     assert verdict["claims"]["report_data"] == b"hello".hex() + "00" * 59
 
 

@@ -32,7 +32,6 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     "runtime/enclave_prepare.py": (frozenset({"sim"}), "enclave runtime name (rune)"),
     "runtime/enclave_commands.py": (frozenset({"sim"}), "enclave runtime/type name (rune)"),
     "services/agent/server.py": (frozenset({"sim"}), "enclave type and the authority's state directory"),
-    "cli/agent_cmd.py": (frozenset({"sim"}), "enclave type shown by `inclavare agent`"),
     "cli/sim_cmd.py": (frozenset({"sim"}), "the `inclavare sim` subcommand"),
     "cli/ratls_cmd.py": (frozenset({"sim"}), "the `--attester sim` choice"),
     "demo.py": (frozenset({"sim"}), "enclave.type annotation and the authority's directory"),

@@ -53,6 +53,7 @@ def _ls(args: argparse.Namespace) -> int:
     from inclavare.cli.output import text_value
     from inclavare.services.agent import client
     from inclavare.services.agent.paths import default_control_socket
+    from inclavare.tee.simulated import is_simulated
 
     containers = client.call(args.socket or default_control_socket(), "GET", "/v1/containers", timeout=10)
     if args.json:
@@ -64,8 +65,8 @@ def _ls(args: argparse.Namespace) -> int:
     rows = [("ID", "TYPE", "MEASUREMENT", "EPC_MIB", "RELAY_TUNNELS", "RELAY_BYTES", "REGISTERED")]
     for c in containers:
         relay = c.get("relay") or {}
-        rows.append((c["id"], c["enclave"].get("type", "-") + (" (SIMULATED)" if c["enclave"].get("type") == "sim"
-                                                              else ""),
+        etype = c["enclave"].get("type", "-")
+        rows.append((c["id"], etype + (" (SIMULATED)" if is_simulated(etype, c["enclave"].get("path", "")) else ""),
                      c["measurement"][:16] + "…", text_value(c.get("epc_mib")), str(relay.get("tunnels", 0)),
                      f"{relay.get('bytes_up', 0)}/{relay.get('bytes_down', 0)}",
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["registered_at"]))))
