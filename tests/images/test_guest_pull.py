@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import BundleFactory
 from tests.enclave.conftest import Rune
-from tests.images.conftest import MARKER, PLAIN_MARKER, policy
+from tests.images.conftest import MARKER, PLAIN_MARKER, image_digest, policy
 from tests.images.registry import Registry
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -108,6 +108,63 @@ def test_an_unencrypted_image_by_digest_runs_with_its_integrity_checked(
     sets = dict(line.split(":\t") for line in caps)
     assert len(sets) == 3 and all(not int(v, 16) >> CAP_SYS_CHROOT & 1 for v in sets.values()), sets
     assert int(sets["CapEff"], 16) != 0  # the spec's other capabilities are kept
+
+
+def _push_app(world: dict[str, Any], tmp_path: Path, name: str, script: str, run_link: str = "") -> str:
+    """An unencrypted busybox image running ``script``, pushed; its reference through the relay.
+    ``run_link``: the image's /run is a symlink to it."""
+    from inclavare.sample_images import build_busybox_rootfs, build_oci_archive
+
+    rootfs = build_busybox_rootfs(str(tmp_path / f"{name}-rootfs"))
+    if run_link:
+        run = Path(rootfs, "run")
+        if run.is_dir() and not run.is_symlink():
+            run.rmdir()
+        run.symlink_to(run_link)
+    archive = build_oci_archive(rootfs, str(tmp_path / f"{name}.tar"), cmd=["/bin/sh", "-c", script], env=["PATH=/bin"])
+    registry = world["registry"].address
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{archive}",
+                    f"docker://{registry}/tenant/{name}:v1"], check=True, timeout=60)
+    digest = image_digest(f"docker://{registry}/tenant/{name}:v1")
+    return world["image"].split("/", 1)[0] + f"/tenant/{name}@{digest}"
+
+
+def _with_sealed_volume(bundle: str, secrets: Path) -> None:
+    spec = json.loads(Path(bundle, "config.json").read_text())
+    spec["process"]["env"] = ["INCLAVARE_SEALED_FILES=/etc/secret/db"]
+    spec["mounts"].append({"destination": "/etc/secret", "type": "bind", "source": str(secrets),
+                           "options": ["rbind", "ro"]})
+    Path(bundle, "config.json").write_text(json.dumps(spec))
+
+
+def test_sealed_files_reach_the_pulled_workload_inside_its_root(
+        world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory, tmp_path: Path) -> None:
+    """A mounted sealed secret ($INCLAVARE_SEALED_FILES) is opened before enclave-init enters the
+    pulled image's root, into that root's /run/inclavare/unsealed; the mounted file stays sealed.
+    An image whose /run is a symlink is refused (nothing is written through it)."""
+    from inclavare.secrets import sealed
+    from tests.enclave.test_workload_kbs import sealing_tenant
+
+    key, kid = sealing_tenant(world["kbs"], "tenant/pulled", b"db-pa55word-for-the-pulled-app", bytes(32))
+    image = _push_app(world, tmp_path, "sealed-app", "cat /run/inclavare/unsealed/etc/secret/db; echo; "
+                                                     "head -c 7 /etc/secret/db")
+
+    secrets = tmp_path / "secret-volume"
+    secrets.mkdir()
+    (secrets / "db").write_text(sealed.seal(sealed.Vault("kbs:///tenant/pulled/db"), key, kid))
+    bundle = _enclave(bundle_factory, image, tmp_path)
+    _with_sealed_volume(bundle, secrets)
+    r = rune_g("run", "--bundle", bundle, _id("gp-sealed-file"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "db-pa55word-for-the-pulled-app\nsealed.", r.stdout
+    assert (secrets / "db").read_text().startswith("sealed.")  # the host-side file keeps the sealed form
+
+    linked = _enclave(bundle_factory, _push_app(world, tmp_path, "run-link-app", "echo ran", run_link="/tmp"),
+                      tmp_path)
+    _with_sealed_volume(linked, secrets)
+    r = rune_g("run", "--bundle", linked, _id("gp-sealed-link"), timeout=120)
+    assert r.returncode != 0 and "ran" not in r.stdout, (r.stdout, r.stderr)
+    assert "the pulled image's /run is a symlink" in r.stderr, r.stderr
 
 
 def test_a_tag_is_refused_at_create(world: dict[str, Any], rune_g: Rune, bundle_factory: BundleFactory,

@@ -229,6 +229,9 @@ static void make_parents(char *path)
 	}
 }
 
+/* Where UNSEALED_DIR is for the workload: in a pulled image's root when it runs chrooted there. */
+static const char *unsealed_base = UNSEALED_DIR;
+
 /* Open one listed file if it is sealed: UNSEALED_DIR/<path> gets the plaintext, or exit 1. */
 static void unseal_file(const char *sock_path, const char *path)
 {
@@ -244,10 +247,10 @@ static void unseal_file(const char *sock_path, const char *path)
 	close(fd);
 	if (n < 7 || (memcmp(head, "sealed.", 7) != 0 && (n < 8 || memcmp(head, "INCLSEAL", 8) != 0)))
 		return; /* not sealed: nothing to open */
-	char *dest = malloc(strlen(UNSEALED_DIR) + strlen(path) + 1);
+	char *dest = malloc(strlen(unsealed_base) + strlen(path) + 1);
 	if (!dest)
 		die("malloc", NULL);
-	strcpy(dest, UNSEALED_DIR);
+	strcpy(dest, unsealed_base);
 	strcat(dest, path);
 	make_parents(dest);
 	char *out = NULL;
@@ -554,6 +557,32 @@ int main(int argc, char **argv)
 	if (image_dir)
 		run_pull(argv + sep + 1);
 	unseal_environment(sock_path);
+	const char *sealed_files = getenv(SEALED_FILES_ENV);
+	if (image_dir && sealed_files && *sealed_files) { /* the workload sees UNSEALED_DIR inside the image's root */
+		char *base = malloc(strlen(image_dir) + strlen("/rootfs" UNSEALED_DIR) + 1);
+		if (!base)
+			die("malloc", NULL);
+		strcpy(base, image_dir);
+		strcat(base, "/rootfs" UNSEALED_DIR);
+		/* the image's own /run, /run/inclavare, .../unsealed must not be symlinks out of its tree */
+		size_t root_len = strlen(image_dir) + strlen("/rootfs");
+		for (size_t i = root_len + 1;; i++) {
+			char c = base[i];
+			if (c != '/' && c != '\0')
+				continue;
+			struct stat st;
+			base[i] = '\0';
+			if (lstat(base, &st) == 0 && S_ISLNK(st.st_mode)) {
+				fprintf(stderr, "enclave-init: the pulled image's %s is a symlink; sealed files are not "
+						"opened through it; the workload is not started\n", base + root_len);
+				exit(1);
+			}
+			base[i] = c;
+			if (c == '\0')
+				break;
+		}
+		unsealed_base = base;
+	}
 	unseal_files(sock_path);
 	if (image_dir)
 		exec_image(image_dir, drop);
