@@ -89,6 +89,10 @@ class EchoServer:
                 sock.close()
 
     def close(self) -> None:
+        try:  # wake the blocked accept first, so no thread of a finished test waits on a closed socket
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 

@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from inclavare.errors import InclavareError
 
@@ -158,7 +158,7 @@ def _parent(root_fd: int, parts: list[str], dev: int) -> Iterator[tuple[int, str
         os.close(fd)
 
 
-def _copy(src: BinaryIO, dst_fd: int, size: int) -> None:
+def _copy(src: IO[bytes], dst_fd: int, size: int) -> None:
     left = size
     while left > 0:
         chunk = src.read(min(COPY_CHUNK, left))

@@ -122,7 +122,7 @@ class SimAuthorityAttester:
         return RawEvidence(TAG_INTEL_TEE_QUOTE, self.attester.quote(report_data))
 
     def endorsements(self) -> Collateral | None:
-        collateral: Collateral = self.authority.collateral()  # type: ignore[attr-defined]
+        collateral: Collateral = self.authority.collateral()
         return collateral
 
 

@@ -41,7 +41,8 @@ class Attester(Protocol):
     Wire formats that need another shape (RA-TLS' CBOR-tagged evidence, the agent's channel
     answer) adapt this one."""
 
-    tee: Tee
+    @property
+    def tee(self) -> Tee: ...  # read-only: a class attribute or a property both qualify
 
     def evidence(self, report_data: bytes) -> dict[str, Any]: ...
 

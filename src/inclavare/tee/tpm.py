@@ -43,7 +43,7 @@ class TpmUnavailable(NotSupportedError):
 
 def _pytss() -> Any:
     try:
-        import tpm2_pytss
+        import tpm2_pytss  # type: ignore[import-untyped]
     except ImportError as exc:  # the optional extra, or Debian's libtss2 libraries, are missing
         raise TpmUnavailable("the TPM attester needs tpm2-pytss (pip install 'inclavare[tpm]', "
                              "with Debian's libtss2-dev)") from exc

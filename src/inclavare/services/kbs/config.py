@@ -159,7 +159,8 @@ def _limits(table: Mapping[str, Any]) -> Limits:
         low, high = _LIMIT_RANGES[key]
         if not low <= value <= high:
             raise ConfigError(f"[limits] {key} must be in [{low:g}, {high:g}], got {value}")
-    return Limits(**{k: (float(v) if isinstance(_LIMITS[k], tuple) else v) for k, v in table.items()})
+    values: dict[str, Any] = {k: (float(v) if isinstance(_LIMITS[k], tuple) else v) for k, v in table.items()}
+    return Limits(**values)
 
 
 def _admin_identity(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
