@@ -39,3 +39,23 @@ def test_depth_is_bounded_without_recursion() -> None:
     check_spec({"x": [[]] * 3})
     with pytest.raises(SpecShapeError, match="nested more than"):
         check_spec({"x": deep})
+
+
+def test_a_reloaded_spec_is_checked_once_and_callers_change_only_their_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The agent plans the same bundle again and again: an unchanged config.json is not parsed or
+    checked twice, and what one plan changes (its absolutized copy) never reaches the next."""
+    import json
+
+    from inclavare.runtime.bundle import absolutize, load_spec
+
+    spec = {"process": {"args": ["/bin/true"], "env": ["A=1"], "cwd": "/"}, "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}]}
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    first = load_spec(str(tmp_path))
+    assert load_spec(str(tmp_path)) is first  # served from the memo
+    copy = absolutize(first, str(tmp_path))
+    copy["process"]["env"].append("B=2")
+    copy["mounts"].append({"destination": "/x"})
+    assert load_spec(str(tmp_path)) == spec and copy["root"]["path"] == str(tmp_path / "rootfs")
+    (tmp_path / "config.json").write_text(json.dumps({**spec, "process": {**spec["process"], "cwd": "/srv"}}))
+    assert load_spec(str(tmp_path))["process"]["cwd"] == "/srv"  # other bytes: read and checked again

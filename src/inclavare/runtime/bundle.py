@@ -26,8 +26,10 @@ _CHECKED_MAX = 32
 
 
 def load_spec(bundle: str) -> Spec:
-    """The bundle's parsed and shape-checked spec (:mod:`~inclavare.runtime.spec_shape`), a
-    fresh copy the caller may change.
+    """The bundle's parsed and shape-checked spec (:mod:`~inclavare.runtime.spec_shape`).
+
+    Read-only: the same bytes give the same object again (a long-lived process re-checks nothing),
+    so change only the copy :func:`absolutize` makes, never this one.
 
     Raises :class:`SpecShapeError` when config.json is malformed, plain :class:`ConfigError`
     when it cannot be read at all."""
@@ -37,7 +39,7 @@ def load_spec(bundle: str) -> Spec:
             raw = f.read()
         checked = _CHECKED.get(raw)
         if checked is not None:
-            return _copy(checked)  # type: ignore[no-any-return]
+            return checked
         spec = fastjson.loads(raw)
     except FileNotFoundError:
         raise ConfigError(f"bundle {bundle}: config.json not found") from None
@@ -50,7 +52,7 @@ def load_spec(bundle: str) -> Spec:
     check_spec(spec)
     if len(_CHECKED) >= _CHECKED_MAX:
         del _CHECKED[next(iter(_CHECKED))]
-    _CHECKED[raw] = _copy(spec)
+    _CHECKED[raw] = spec
     return spec
 
 
