@@ -32,6 +32,7 @@ from tests.ratls.conftest import (
     endorsed_certificate,
     make_ca,
 )
+from tests.support.loopback import serve_in_background
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,47 +54,38 @@ def plain_creds() -> RatlsCredentials:
 
 
 class EchoServer:
-    """A blocking RA-TLS echo server in a thread; records what it received and why it refused."""
+    """A blocking RA-TLS echo server (a thread per connection); records what it received and why
+    it refused."""
 
     def __init__(self, context: SSL.Context) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.context = context
         self.received: list[bytes] = []
         self.errors: list[BaseException] = []
         self.verdicts: list[object] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.listener = serve_in_background(self._serve_one)
+        self.port = self.listener.getsockname()[1]
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                conn, verdict = wrap_server(sock, self.context, timeout=10)
-            except Exception as exc:
-                self.errors.append(exc)
-                continue
-            self.verdicts.append(verdict)
-            try:
-                data = conn.recv(1024)
-                self.received.append(data)
-                conn.sendall(data[::-1])
-                conn.shutdown()
-            except SSL.Error:
-                pass
-            finally:
-                conn.close()
-                sock.close()
+    def _serve_one(self, sock: socket.socket) -> None:
+        try:
+            conn, verdict = wrap_server(sock, self.context, timeout=10)
+        except Exception as exc:
+            self.errors.append(exc)
+            sock.close()
+            return
+        self.verdicts.append(verdict)
+        try:
+            data = conn.recv(1024)
+            self.received.append(data)
+            conn.sendall(data[::-1])
+            conn.shutdown()
+        except SSL.Error:
+            pass
+        finally:
+            conn.close()
+            sock.close()
 
     def close(self) -> None:
-        try:  # wake the blocked accept first, so no thread of a finished test waits on a closed socket
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
+        self.listener.close()  # wakes the accept loop first (tests.support.loopback)
 
 
 @pytest.fixture
