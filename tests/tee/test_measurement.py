@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inclavare.errors import ConfigError
 from inclavare.sample_images import build_busybox_rootfs
 from inclavare.tee.epm import EnclavePool
-from inclavare.tee.measurement import measure, parse_trusted_arg, scan
+from inclavare.tee.measurement import RACY_NS, measure, parse_trusted_arg, racy, rescan, scan
 
 PROCESS = {"args": ["/bin/sh", "-c", "echo hi"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
 ENCLAVE = {"type": "sim", "path": "", "args": "", "loglevel": "info"}
@@ -29,6 +34,7 @@ def base_rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
 def rootfs(base_rootfs: str, tmp_path: Path) -> str:
     copy = str(tmp_path / "rootfs")
     shutil.copytree(base_rootfs, copy, symlinks=True)
+    time.sleep(RACY_NS / 1e9 + 0.01)  # files changed within a clock tick of a measurement are not pooled
     return copy
 
 
@@ -132,6 +138,7 @@ def test_pool_hit_skips_reading_and_any_change_invalidates(rootfs: str, tmp_path
     assert cold.measurement == warm.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement
     data = Path(rootfs, "app", "data.bin")
     raw = bytearray(data.read_bytes()); raw[0] ^= 0xFF; data.write_bytes(bytes(raw))
+    time.sleep(RACY_NS / 1e9 + 0.01)  # else the changed file is racy: hashed, not pooled
     changed = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
     assert not changed.cached and changed.measurement != cold.measurement
     assert changed.measurement == measure(rootfs, PROCESS, ENCLAVE).measurement
@@ -180,3 +187,114 @@ def test_measure_command_creates_no_pool(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["measure", bundle, "--pool", str(tmp_path / "epm")]) == 0
     assert len(capsys.readouterr().out.strip()) == 64
     assert not (tmp_path / "epm").exists()
+
+
+def test_an_identity_read_within_a_clock_tick_is_not_trusted(rootfs: str, tmp_path: Path) -> None:
+    """"Racy git": file times come from a coarse clock (on kernels without fine-grained
+    timestamps), so a file or directory changed twice within one tick keeps its identity. An
+    identity read that close to its change is never taken as "unchanged"."""
+    entries = scan(rootfs, ["/app"])
+    app = os.lstat(Path(rootfs, "app"))
+    assert rescan(rootfs, entries, app.st_ctime_ns + 5 * RACY_NS) is entries  # listed long after: trusted
+    assert rescan(rootfs, entries, app.st_ctime_ns) is None  # listed within a tick of its change: listed again
+    assert racy(app.st_ctime_ns - RACY_NS // 2, app.st_ctime_ns) and not racy(app.st_ctime_ns - 2 * RACY_NS,
+                                                                           app.st_ctime_ns)
+    assert racy(10**18 - 10**9, 10**18)  # whole-second times (ext3, FAT): a second of doubt
+
+    pool = EnclavePool(str(tmp_path / "epm"))
+    Path(rootfs, "app", "data.bin").write_bytes(os.urandom(4096))
+    first = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    again = measure(rootfs, PROCESS, ENCLAVE, pool=pool)
+    assert not first.cached and not again.cached and pool.entries() == []  # the racy file is hashed again
+    time.sleep(RACY_NS / 1e9 + 0.01)
+    assert not measure(rootfs, PROCESS, ENCLAVE, pool=pool).cached and len(pool.entries()) == 1
+    assert measure(rootfs, PROCESS, ENCLAVE, pool=pool).cached
+
+
+@pytest.mark.parametrize("change", [*CHANGES, "rewrite a file, restoring its times",
+                                    "replace a directory by rename", "replace a trusted symlink"])
+def test_rescan_sees_what_a_full_scan_sees(rootfs: str, tmp_path: Path, change: str) -> None:
+    """The pool's scan after a change equals a full scan, with the directories old enough that
+    their identity is trusted (the racy case has its own test)."""
+    pool = EnclavePool(str(tmp_path / "epm"))
+    trusted = ["/", "/bin/ls"] if change == "replace a trusted symlink" else ["/"]
+    first = pool.scan(rootfs, trusted, ["/proc"])
+    assert pool.scan(rootfs, trusted, ["/proc"]) is first  # unchanged: the same list, not compared
+    data = Path(rootfs, "app", "data.bin")
+    if change == "rewrite a file, restoring its times":
+        st = os.stat(data)
+        raw = bytearray(data.read_bytes()); raw[1] ^= 1; data.write_bytes(bytes(raw))
+        os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the ctime still tells
+    elif change == "replace a directory by rename":
+        shutil.copytree(Path(rootfs, "app"), Path(rootfs, "app.new"), symlinks=True)
+        Path(rootfs, "app.new", "extra").write_text("x")
+        shutil.rmtree(Path(rootfs, "app"))
+        os.rename(Path(rootfs, "app.new"), Path(rootfs, "app"))
+    elif change == "replace a trusted symlink":
+        os.symlink("/app/data.bin", os.path.join(rootfs, "bin", "ls.new"))
+        os.rename(os.path.join(rootfs, "bin", "ls.new"), os.path.join(rootfs, "bin", "ls"))
+    else:
+        _change(rootfs, change)
+    assert pool.scan(rootfs, trusted, ["/proc"]) == scan(rootfs, trusted, ["/proc"]) != first
+
+
+@pytest.mark.root
+def test_rescan_sees_a_mount_over_a_directory(rootfs: str, tmp_path: Path) -> None:
+    """A mount changes no directory's times; the lstat of the mount point by its path sees it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tool").write_text("#!/bin/sh\n")
+    pool = EnclavePool(str(tmp_path / "epm"))
+    first = pool.scan(rootfs, ["/"], [])
+    target = Path(rootfs, "app")
+    subprocess.run(["mount", "--bind", str(other), str(target)], check=True)
+    try:
+        assert pool.scan(rootfs, ["/"], []) == scan(rootfs, ["/"]) != first
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+_NAMES = st.sampled_from(["a", "b", "c"])
+_DIRS = st.sampled_from(["", "d1", "d1/d2", "d3"])
+_OPS = st.lists(st.tuples(st.sampled_from(["write", "append", "chmod", "unlink", "symlink", "rename", "mkdir",
+                                           "rmdir", "touch-back", "scan"]), _DIRS, _NAMES, _DIRS),
+                min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_rescan_equals_a_full_scan_after_any_sequence_of_changes(ops: list[tuple[str, str, str, str]]) -> None:
+    """Changes land at random, many within one clock tick of a scan: after each, the pool's
+    scan of the tree equals a full scan."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "rootfs")
+        for d in ("d1/d2", "d3"):
+            os.makedirs(os.path.join(root, d))
+        pool = EnclavePool(os.path.join(tmp, "epm"))
+        for op, d, name, d2 in ops:
+            path, other = os.path.join(root, d, name), os.path.join(root, d2, name + "x")
+            try:
+                if op == "write":
+                    Path(path).write_bytes(os.urandom(8))
+                elif op == "append":
+                    with open(path, "ab") as f:
+                        f.write(b"!")
+                elif op == "chmod":
+                    os.chmod(path, 0o700)
+                elif op == "unlink":
+                    os.unlink(path)
+                elif op == "symlink":
+                    os.symlink(name, path)
+                elif op == "rename":
+                    os.rename(path, other)
+                elif op == "mkdir":
+                    os.mkdir(path)
+                elif op == "rmdir":
+                    os.rmdir(path)
+                elif op == "touch-back":
+                    os.utime(path, ns=(0, 0), follow_symlinks=False)
+            except OSError:
+                pass  # the operation does not apply to the tree as it is: nothing changed
+            assert pool.scan(root, ["/"], []) == scan(root, ["/"]), op

@@ -24,7 +24,7 @@ from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError
 from inclavare.immutable import Immutable
-from inclavare.tee.measurement import files_digest
+from inclavare.tee.measurement import files_digest, racy, rescan, scan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class EnclavePool:
         self.entries_dir = os.path.join(directory, "entries")
         self._memo: dict[str, str] = {}  # signature -> files digest, for long-lived processes (the agent)
         self._last: dict[str, tuple[Sequence[FileEntry], str]] = {}  # rootfs -> its last scan and signature
+        # (rootfs, trusted, excluded) -> its last scan and when that scan started, for rescan
+        self._scans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[list[FileEntry], int]] = {}
 
     def _path(self, key: str) -> str:
         return os.path.join(self.entries_dir, key + ".json")
@@ -96,6 +98,29 @@ class EnclavePool:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
             return None
         return doc
+
+    def scan(self, rootfs: str, trusted: Sequence[str], excluded: Sequence[str]) -> list[FileEntry]:
+        """:func:`~inclavare.tee.measurement.scan`, from this process's last scan of the same paths
+        when no directory in it changed (:func:`~inclavare.tee.measurement.rescan`)."""
+        key = (rootfs, tuple(trusted), tuple(excluded))
+        previous = self._scans.get(key)
+        if previous is not None:
+            entries = rescan(rootfs, *previous)
+            if entries is previous[0]:
+                return entries
+            if entries is not None:  # files changed, no directory: the listing is the one read then
+                self._remember_scan(key, entries, previous[1])
+                return entries
+        started = time.time_ns()
+        entries = scan(rootfs, trusted, excluded)
+        self._remember_scan(key, entries, started)
+        return entries
+
+    def _remember_scan(self, key: tuple[str, tuple[str, ...], tuple[str, ...]], entries: list[FileEntry],
+                       started: int) -> None:
+        if len(self._scans) >= 64:
+            self._scans.pop(next(iter(self._scans), key), None)
+        self._scans[key] = (entries, started)
 
     def files_digest(self, rootfs: str, entries: Sequence[FileEntry]) -> tuple[str, bool]:
         """The files digest of ``entries``; (digest, True) when served from the pool."""
@@ -126,9 +151,10 @@ class EnclavePool:
                     pass
             self._memo[key] = str(doc["files_digest"])
             return str(doc["files_digest"]), True
+        started = time.time_ns()
         digest, digests, _ = files_digest(rootfs, entries, self._known_digests())
-        if self.read_only:
-            return digest, False
+        if self.read_only or any(e[1] == "f" and racy(e[6], started) for e in entries):
+            return digest, False  # a file changed within a clock tick of its reading: hash it again next time
         now = time.time()
         record = {
             "format": FORMAT, "key": key, "rootfs": rootfs, "files": sum(1 for e in entries if e[1] != "d"),

@@ -165,6 +165,60 @@ def _walk(top: str, top_rel: str, skip: set[str], entries: dict[str, FileEntry])
 _S_IFMT, _S_IFREG, _S_IFLNK, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR
 
 
+# File times come from the kernel's coarse clock: two changes within one tick (at most 10 ms
+# at HZ=100) can leave the same ctime, and file systems with whole-second times (ext3, FAT) make
+# that a second. An identity recorded that close to the moment it was read proves nothing about
+# a change made just after ("racy git"): such identities are never trusted as unchanged.
+RACY_NS = 20_000_000
+RACY_COARSE_NS = 2_000_000_000
+
+
+def racy(ctime_ns: int, read_at_ns: int) -> bool:
+    """Whether a change made after ``read_at_ns`` (wall clock) may have left ``ctime_ns`` as it was."""
+    return ctime_ns >= read_at_ns - (RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else RACY_NS)
+
+
+def rescan(rootfs: str, previous: list[FileEntry], scanned_at_ns: int) -> list[FileEntry] | None:
+    """``previous`` (a :func:`scan` of ``rootfs`` started at ``scanned_at_ns``) brought up to date
+    with one lstat per directory and file, or None when a directory changed (only a new scan
+    knows what it holds then).
+
+    As git's index does: a directory whose identity (inode, mtime, ctime) is unchanged holds the
+    same names, since creating, removing or renaming an entry changes both times, so it is not
+    listed again, and its symlinks (recorded by inode alone) are the same ones; a directory whose
+    ctime was :func:`racy` when it was listed is listed again. What can change without its
+    directory is a file's content or mode, and a path reached again after a mount; the lstat of
+    every file and directory by its path sees both. Returns ``previous`` itself when nothing
+    changed, so equal scans are recognised without comparing them."""
+    lstat = os.lstat
+    out: list[FileEntry] | None = None
+    for i, e in enumerate(previous):
+        kind = e[1]
+        if kind == "l" and not e[6]:
+            continue  # a symlink listed with its directory: that directory's identity covers it
+        try:
+            st = lstat(rootfs + "/" + e[0] if e[0] else rootfs)
+        except OSError:
+            return None
+        fmt = st.st_mode & _S_IFMT
+        if kind == "d":
+            if (fmt != _S_IFDIR or st.st_ino != e[4] or st.st_mtime_ns != e[5] or st.st_ctime_ns != e[6]
+                    or racy(e[6], scanned_at_ns)):
+                return None
+        elif kind == "f":
+            if fmt != _S_IFREG:
+                return None
+            if (st.st_ino != e[4] or st.st_mtime_ns != e[5] or st.st_ctime_ns != e[6] or st.st_size != e[3]
+                    or st.st_mode & 0o7777 != e[2]):
+                if out is None:
+                    out = list(previous)
+                out[i] = FileEntry(e[0], "f", st.st_mode & 0o7777, st.st_size, st.st_ino, st.st_mtime_ns,
+                                   st.st_ctime_ns)
+        elif fmt != _S_IFLNK or st.st_ino != e[4] or st.st_mtime_ns != e[5] or st.st_ctime_ns != e[6]:
+            return None  # a symlink named as a trusted path (its directory is not scanned)
+    return previous if out is None else out
+
+
 def _add(entries: dict[str, FileEntry], rel: str, st: os.stat_result) -> None:
     fmt = st.st_mode & _S_IFMT
     if fmt == _S_IFREG:
@@ -262,8 +316,9 @@ def mount_destinations(spec: dict[str, Any]) -> list[str]:
 def measure(rootfs: str, process: dict[str, Any], enclave: dict[str, str],
             trusted: Sequence[str] = ("/",), excluded: Sequence[str] = (),
             pool: "EnclavePool | None" = None) -> Measurement:
-    """Measure an enclave container; ``pool`` (the epm) avoids re-reading unchanged files."""
-    entries = scan(rootfs, trusted, excluded)
+    """Measure an enclave container; ``pool`` (the epm) avoids re-reading unchanged files (and,
+    in a long-lived process, re-listing unchanged directories)."""
+    entries = pool.scan(rootfs, trusted, excluded) if pool is not None else scan(rootfs, trusted, excluded)
     entrypoint = resolve_entrypoint(rootfs, process.get("args") or [], process.get("env") or [],
                                     process.get("cwd") or "/")
     if pool is not None:
