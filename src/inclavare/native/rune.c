@@ -16,6 +16,8 @@
  *                                      409, 404 (an older agent) or agent unreachable: rune's
  *                                      Python slow path;
  *                                      otherwise: report the agent's reason as runc reports errors
+ *                               runc is started before the agent answers (see early_start), so
+ *                               its own start-up overlaps the agent's planning
  *   exec                        rune holds state for the container and it runs a runelet? Python
  *   delete, state               rune holds state for the container? Python
  *   attest, --version           Python
@@ -27,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +69,7 @@ static int g_argc;
 static char **g_argv;
 static const char *log_path, *log_format = "text", *root_dir = "/run/runc", *g_container_id = "";
 static int g_foreground_run; /* run without --detach */
+static int g_command_index; /* argv index of the runc command (create, run, ...) */
 static int want_version, explain;
 
 static const char *GLOBAL_VALUE[] = {"log", "log-format", "root", "criu", "rootless", NULL};
@@ -370,12 +374,13 @@ static char *detail_of(const char *body)
 	return out;
 }
 
-/* One HTTP/1.1 request to the agent's control socket. Returns the status code and the body
- * (NUL-terminated, *plen bytes), or AGENT_UNREACHABLE / AGENT_LOST with *error set. */
+/* One HTTP/1.1 request to the agent's control socket, in two halves (rune starts runc between
+ * them): agent_send returns the connected socket, or AGENT_UNREACHABLE / AGENT_LOST with *error
+ * set; agent_receive returns the status code and the body (NUL-terminated, *plen bytes), or
+ * AGENT_LOST with *error set. */
 #define AGENT_UNREACHABLE (-1)
 #define AGENT_LOST (-2)
-static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
-			 size_t *plen, const char **error)
+static int agent_send(const char *method, const char *target, const struct buf *body, const char **error)
 {
 	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
 	if (!sock_path || !*sock_path)
@@ -416,6 +421,11 @@ static int agent_request(const char *method, const char *target, const struct bu
 		off += (size_t)n;
 	}
 	free(req.data);
+	return fd;
+}
+
+static int agent_receive(int fd, char **payload, size_t *plen, const char **error)
+{
 	struct buf resp = {0};
 	char chunk[65536];
 	long want = -1; /* total bytes (headers + Content-Length); stop there, not at the close */
@@ -457,6 +467,13 @@ static int agent_request(const char *method, const char *target, const struct bu
 	return status;
 }
 
+static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
+			 size_t *plen, const char **error)
+{
+	int fd = agent_send(method, target, body, error);
+	return fd < 0 ? fd : agent_receive(fd, payload, plen, error);
+}
+
 /* --- runc as a child: what the agent prepared is released when runc no longer knows the container */
 
 static volatile pid_t g_child;
@@ -482,17 +499,15 @@ static void put_quoted(struct buf *b, const char *s)
 	}
 }
 
-/* Run runc with our stdio, forwarding signals; once runc no longer knows the container (a failed
- * create, a foreground run that ended) ask the agent to forget it, which also removes rune's
- * record and private bundle. Exits with runc's status (128+N for death by signal N). */
-static void supervise_runc(char **argv)
+/* Start runc with our stdio (argv[0] becomes runc's path), forwarding our signals to it. */
+static pid_t start_runc(char **argv)
 {
-	decided("runc");
 	argv[0] = (char *)runc_path;
 	pid_t pid = fork();
 	if (pid < 0)
 		report_error("rune: cannot start runc (fork failed)");
 	if (pid == 0) {
+		signal(SIGPIPE, SIG_DFL); /* an ignored signal would stay ignored across execve */
 		execv(runc_path, argv);
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "rune: cannot execute runc at %s: %s (set INCLAVARE_RUNC or reinstall "
@@ -503,14 +518,44 @@ static void supervise_runc(char **argv)
 	struct sigaction sa = {.sa_handler = forward_signal};
 	sigemptyset(&sa.sa_mask);
 	for (int sig = 1; sig < NSIG; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD)
+		if (sig != SIGKILL && sig != SIGSTOP && sig != SIGCHLD && sig != SIGPIPE)
 			sigaction(sig, &sa, NULL);
-	int status = 0;
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR) {
-			status = 1 << 8;
-			break;
+	signal(SIGPIPE, SIG_IGN); /* a closed agent connection or pipe is an error return, not our death */
+	return pid;
+}
+
+static int g_reaped, g_status;
+
+/* 1 once runc has ended (its wait status in g_status); with WNOHANG 0 while it runs. */
+static int reap_runc(pid_t pid, int options)
+{
+	if (g_reaped)
+		return 1;
+	for (;;) {
+		pid_t r = waitpid(pid, &g_status, options);
+		if (r == pid) {
+			g_reaped = 1;
+			g_child = 0; /* no signal may reach a recycled pid */
+			return 1;
 		}
+		if (r == 0)
+			return 0;
+		if (errno != EINTR) {
+			g_status = 1 << 8;
+			g_reaped = 1;
+			g_child = 0;
+			return 1;
+		}
+	}
+}
+
+/* Wait for runc; once it no longer knows the container (a failed create, a foreground run that
+ * ended) ask the agent to forget it, which also removes rune's record and private bundle. Exits
+ * with runc's status (128+N for death by signal N). */
+static void finish_runc(pid_t pid)
+{
+	reap_runc(pid, 0);
+	int status = g_status;
 	int rc = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
 	char *root = abspath(root_dir);
 	size_t n = strlen(root) + strlen(g_container_id) + 16;
@@ -532,6 +577,247 @@ static void supervise_runc(char **argv)
 		agent_request("DELETE", target.data, NULL, &payload, &plen, &error); /* best effort: else GC */
 	}
 	exit(rc);
+}
+
+static void supervise_runc(char **argv)
+{
+	decided("runc");
+	g_reaped = 0;
+	finish_runc(start_runc(argv));
+}
+
+/* --- early start: runc starts up while the agent plans --------------------------------------
+ *
+ * runc spends about 2.5 ms starting (the Go runtime, its own set-up) before it opens
+ * config.json, and the agent needs about as long to plan an enclave container, so rune starts
+ * runc first. The private bundle the agent will write is known in advance
+ * (<state>/<root>/<id>/bundle: rune_state.state_path and enclave_create.with_bundle), so rune
+ * knows the argv the agent is going to answer. runc gets that argv with a sibling directory as
+ * its bundle (<id>/early, rune_state.EARLY_BUNDLE), whose config.json is a symlink to a pipe
+ * held by rune (/proc/<rune>/fd/N): runc's read waits there. When the agent answers the argv
+ * rune expected, rune copies the config.json the agent wrote into the pipe, then points the
+ * symlink at ../bundle/config.json, so the early bundle shows what runc read.
+ *
+ * The agent never writes into the early bundle, so until rune copies the config runc has none:
+ * whatever else the agent answers, the early runc is killed having created nothing, and rune
+ * goes on as it would have without it. If rune dies first, runc fails by itself: the /proc path
+ * is gone, or the pipe has no writer left; it never waits forever. Only for a record directory
+ * rune creates itself: if <state>/<root>/<id> exists, the agent decides alone, as before. */
+struct early {
+	pid_t pid;
+	int rfd, wfd;
+	size_t capacity; /* what the pipe holds without a reader */
+	char *dir, *bundle, *early, *link;
+	char **argv; /* what runc was given */
+	char **expected; /* what the agent answers when it planned as rune expects */
+	int argc;
+};
+
+static size_t g_config_len; /* size of the caller's config.json */
+
+static void make_parents(const char *path)
+{
+	char *p = strdup(path);
+	if (!p)
+		exit(1);
+	for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
+		*s = '\0';
+		mkdir(p, 0777);
+		*s = '/';
+	}
+	free(p);
+}
+
+/* The argv the agent answers (enclave_create.with_bundle): the caller's, with --bundle <bundle>
+ * right after the command and the caller's bundle flag dropped. */
+static char **bundle_argv(const char *bundle, int *argc_out)
+{
+	char **out = calloc((size_t)g_argc + 4, sizeof(char *));
+	if (!out)
+		exit(1);
+	int k = 0;
+	out[k++] = (char *)runc_path;
+	for (int i = 1; i <= g_command_index; i++)
+		out[k++] = g_argv[i];
+	out[k++] = "--bundle";
+	out[k++] = (char *)bundle;
+	const char *const *vflags = value_flags(g_argv[g_command_index]);
+	for (int i = g_command_index + 1; i < g_argc; i++) {
+		const char *arg = g_argv[i];
+		if (!strcmp(arg, "--") || arg[0] != '-' || !strcmp(arg, "-")) {
+			while (i < g_argc)
+				out[k++] = g_argv[i++];
+			break;
+		}
+		const char *a = arg;
+		while (*a == '-')
+			a++;
+		const char *eq = strchr(a, '=');
+		size_t n = eq ? (size_t)(eq - a) : strlen(a);
+		if ((n == 6 && !strncmp(a, "bundle", 6)) || (n == 1 && a[0] == 'b')) {
+			if (!eq)
+				i++;
+			continue;
+		}
+		out[k++] = g_argv[i];
+		if (!eq && in(vflags, a, n) && i + 1 < g_argc)
+			out[k++] = g_argv[++i];
+	}
+	out[k] = NULL;
+	*argc_out = k;
+	return out;
+}
+
+static void early_close(struct early *e)
+{
+	if (e->wfd >= 0)
+		close(e->wfd);
+	if (e->rfd >= 0)
+		close(e->rfd);
+	e->wfd = e->rfd = -1;
+}
+
+/* Remove what early_make made, and nothing the agent wrote (no recursion). */
+static void early_unmake(struct early *e)
+{
+	struct stat st;
+	if (lstat(e->link, &st) == 0 && S_ISLNK(st.st_mode))
+		unlink(e->link);
+	rmdir(e->early);
+	rmdir(e->dir);
+}
+
+/* The early bundle, before the request leaves (the agent must find the record directory
+ * rune's, not the other way round); 0 when there is none (the agent decides alone). */
+static int early_make(struct early *e)
+{
+	*e = (struct early){.rfd = -1, .wfd = -1};
+	if (!valid_id(g_container_id))
+		return 0;
+	e->dir = state_path(g_container_id);
+	size_t n = strlen(e->dir) + 32;
+	e->bundle = malloc(n);
+	e->early = malloc(n);
+	e->link = malloc(n);
+	if (!e->bundle || !e->early || !e->link)
+		exit(1);
+	snprintf(e->bundle, n, "%s/bundle", e->dir);
+	snprintf(e->early, n, "%s/early", e->dir);
+	snprintf(e->link, n, "%s/early/config.json", e->dir);
+	make_parents(e->dir);
+	if (mkdir(e->dir, 0777) < 0)
+		return 0; /* rune has a record of this id (or cannot make one): the agent decides alone */
+	int p[2];
+	if (mkdir(e->early, 0700) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+		early_unmake(e);
+		return 0;
+	}
+	e->rfd = p[0];
+	e->wfd = p[1];
+	fcntl(e->wfd, F_SETPIPE_SZ, 1 << 20); /* best effort: the size is read back below */
+	int cap = fcntl(e->wfd, F_GETPIPE_SZ);
+	e->capacity = cap > 0 ? (size_t)cap : 0;
+	char target[64];
+	snprintf(target, sizeof(target), "/proc/%d/fd/%d", (int)getpid(), e->rfd);
+	/* the private config is the caller's plus the enclave's mounts: it must fit in the pipe */
+	if (g_config_len * 2 + 65536 > e->capacity || symlink(target, e->link) < 0) {
+		early_close(e);
+		early_unmake(e);
+		return 0;
+	}
+	int argc;
+	e->argv = bundle_argv(e->early, &argc);
+	e->expected = bundle_argv(e->bundle, &e->argc);
+	return 1;
+}
+
+static void early_start(struct early *e)
+{
+	g_reaped = 0;
+	e->pid = start_runc(e->argv);
+}
+
+/* Kill the early runc (it has no config yet, so it created nothing) and wait for it. */
+static void early_stop(struct early *e)
+{
+	kill(e->pid, SIGKILL);
+	reap_runc(e->pid, 0);
+	g_reaped = 0;
+	early_close(e);
+}
+
+/* Copy the config.json the agent wrote into runc's pipe, then point the early bundle's
+ * config.json at it (runc, if it has not opened the pipe yet, reads the same bytes through the
+ * new link). 0 when the agent wrote none. */
+static int early_feed(struct early *e)
+{
+	size_t n = strlen(e->bundle) + 32;
+	char *config = malloc(n), *tmp = malloc(n + 16);
+	if (!config || !tmp)
+		exit(1);
+	snprintf(config, n, "%s/config.json", e->bundle);
+	int fd = open(config, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	free(config);
+	if (fd < 0)
+		return 0;
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return 0;
+	}
+	struct buf data = {0};
+	char chunk[65536];
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		put(&data, chunk, (size_t)r);
+	}
+	close(fd);
+	fcntl(e->wfd, F_SETFL, O_NONBLOCK);
+	for (size_t off = 0; off < data.len;) {
+		ssize_t w = write(e->wfd, data.data + off, data.len - off);
+		if (w > 0) {
+			off += (size_t)w;
+		} else if (w < 0 && errno == EAGAIN) {
+			/* larger than the pipe (not expected: see early_make); runc reads or has ended */
+			if (reap_runc(e->pid, WNOHANG))
+				break;
+			struct pollfd pfd = {.fd = e->wfd, .events = POLLOUT};
+			poll(&pfd, 1, 100);
+		} else if (!(w < 0 && errno == EINTR)) {
+			break;
+		}
+	}
+	free(data.data);
+	/* relink before closing: a runc that has not opened the pipe yet must not find it gone */
+	snprintf(tmp, n + 16, "%s.tmp", e->link);
+	unlink(tmp);
+	if (symlink("../bundle/config.json", tmp) == 0 && rename(tmp, e->link) < 0)
+		unlink(tmp);
+	free(tmp);
+	close(e->wfd); /* runc sees the end of the config */
+	e->wfd = -1;
+	/* the read end stays open while runc runs: a runc that read the old link just before the
+	 * relink still opens /proc/<rune>/fd/N (a pipe without writers: the config, then its end) */
+	return 1;
+}
+
+/* 1 when the agent's argv (NUL-separated) is the one rune expected: the early runc's, with the
+ * private bundle in place of the early one. */
+static int same_argv(const struct early *e, const char *payload, size_t plen)
+{
+	size_t off = 0;
+	for (int i = 1; i < e->argc; i++) {
+		size_t n = strlen(e->expected[i]);
+		if (off + n > plen || memcmp(payload + off, e->expected[i], n) != 0 ||
+		    (off + n < plen && payload[off + n] != '\0'))
+			return 0;
+		off += n + 1;
+	}
+	return off >= plen;
 }
 
 static void prepare_enclave(void)
@@ -563,7 +849,22 @@ static void prepare_enclave(void)
 	char *payload;
 	size_t plen;
 	const char *error;
-	int status = agent_request("POST", "/v1/prepare", &body, &payload, &plen, &error);
+	struct early e;
+	int early = early_make(&e);
+	int status = agent_send("POST", "/v1/prepare", &body, &error);
+	if (early && status < 0) {
+		early_close(&e);
+		early_unmake(&e);
+		early = 0;
+	}
+	if (early)
+		early_start(&e); /* runc starts up while the agent plans */
+	if (status >= 0)
+		status = agent_receive(status, &payload, &plen, &error);
+	if (early && status != 200) {
+		early_stop(&e);
+		early_unmake(&e);
+	}
 	if (status == AGENT_UNREACHABLE)
 		exec_python(); /* the slow path reports the unreachable agent (fail closed) */
 	if (status < 0)
@@ -578,6 +879,12 @@ static void prepare_enclave(void)
 			exit(1);
 		snprintf(msg, n, "rune: %s", detail);
 		report_error(msg);
+	}
+	if (early) {
+		if (same_argv(&e, payload, plen) && early_feed(&e))
+			finish_runc(e.pid);
+		early_stop(&e); /* the agent planned otherwise: runc as it says, from the start */
+		early_unmake(&e);
 	}
 	/* NUL-separated argv for runc */
 	size_t count = 1;
@@ -622,6 +929,7 @@ static int mentions_enclave(const char *bundle)
 	}
 	close(fd);
 	int hit = data.data && (memmem(data.data, data.len, "enclave.", 8) || memmem(data.data, data.len, "ENCLAVE_", 8));
+	g_config_len = data.len;
 	free(data.data);
 	return hit;
 }
@@ -669,6 +977,7 @@ int main(int argc, char **argv)
 		exec_python();
 	if (i >= argc)
 		exec_runc(argv);
+	g_command_index = i;
 	const char *cmd = argv[i];
 	const char *const *vflags = value_flags(cmd);
 	const char *bundle = ".", *process_flag = NULL, *first_positional = "";

@@ -29,12 +29,14 @@ def state(inv: Invocation, runc: str, record: ContainerRecord) -> int:
     import subprocess
     import sys
 
+    from inclavare.runtime.rune_state import EARLY_BUNDLE
+
     proc = subprocess.run([runc, *inv.argv], stdout=subprocess.PIPE)
     out = proc.stdout
     if proc.returncode == 0:
-        private = json.dumps(record.private_bundle).encode()
-        original = json.dumps(record.bundle).encode()
-        out = out.replace(b'"bundle": ' + private, b'"bundle": ' + original)
+        original = b'"bundle": ' + json.dumps(record.bundle).encode()
+        for private in (record.private_bundle, record.directory + "/" + EARLY_BUNDLE):
+            out = out.replace(b'"bundle": ' + json.dumps(private).encode(), original)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return proc.returncode

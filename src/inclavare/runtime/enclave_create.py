@@ -94,7 +94,7 @@ def plan_create(inv: Invocation, runc: str, log: RuneLog, host: Host,
     except BaseException:
         if prepared is not None:
             prepared.release(record)
-        record.remove()
+        record.discard_plan()
         raise
     return Plan(ENCLAVE, argv=with_bundle(inv, record.private_bundle), record=record)
 

@@ -1,6 +1,7 @@
 """What rune remembers about the containers it changed: one directory per container.
 
-Layout: ``<state base><runc root>/<id>/record.json`` plus ``bundle/`` (the private bundle).
+Layout: ``<state base><runc root>/<id>/record.json`` plus ``bundle/`` (the private bundle) and,
+when rune's native launcher started runc before the agent answered, ``early/`` (runc's view of it).
 The directory's existence is the fast path's test for "rune must handle this container"; a
 ``runelet`` marker file inside says ``exec`` must be rewritten too.
 """
@@ -13,6 +14,10 @@ import time
 from inclavare import fastjson
 from inclavare.atomic_file import write_atomic
 from inclavare.runtime.host_settings import RUNELET_MARKER, state_path
+
+# Beside ``bundle/``: the bundle rune's native launcher gives a runc it starts before the agent
+# has answered (its config.json leads to the private bundle's; see rune.c, early_start).
+EARLY_BUNDLE = "early"
 
 FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measurement", "created", "extra",
           "state_base")
@@ -67,3 +72,29 @@ class ContainerRecord:
         import shutil
 
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def discard_plan(self) -> None:
+        """Undo a create that failed before runc ran: all of the directory but the early bundle,
+        which rune's native launcher made and removes itself (its runc may still be starting and
+        must not find its bundle gone: it would report that before the launcher stops it)."""
+        import shutil
+
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name == EARLY_BUNDLE:
+                continue
+            path = os.path.join(self.directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass  # the early bundle is still there: the launcher removes both
