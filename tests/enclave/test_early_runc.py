@@ -137,6 +137,19 @@ def test_a_call_for_the_slow_path_leaves_no_early_bundle(
     assert not record_dir(os.environ["INCLAVARE_RUNE_STATE"], runc_root, "early-stripped").exists()
 
 
+def test_an_unreachable_agent_leaves_no_runc_and_fails_closed(
+        rune: Rune, runc_root: str, bundle_factory: BundleFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INCLAVARE_AGENT_SOCKET", str(tmp_path / "no-agent.sock"))
+    bundle = bundle_factory(["/bin/echo", "must not run"], annotations=SIM)
+    r = rune("run", "--bundle", bundle, "early-noagent")
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "node agent not reachable" in lines[0], r.stderr
+    assert runc_processes("early-noagent") == []
+    assert not record_dir(os.environ["INCLAVARE_RUNE_STATE"], runc_root, "early-noagent").exists()
+
+
 def test_a_config_too_large_for_the_pipe_runs_without_the_early_start(
         rune: Rune, runc_bin: str, runc_root: str, bundle_factory: BundleFactory) -> None:
     bundle = bundle_factory(["/bin/sleep", "30"], annotations={**SIM, "org.example.padding": "x" * (600 << 10)})

@@ -13,12 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
 
 from inclavare.errors import ConfigError
-from inclavare.services.peer import Peer
+from inclavare.services.peer import Peer, credentials
 from inclavare.services.unix_http import HttpError, Limits, Request, Response, Tunnel, UnixHttpServer
 from tests.support.loopback import serve_in_background
 
@@ -68,16 +69,18 @@ def echo_port() -> Iterator[int]:
 
 
 class Server:
-    def __init__(self, tmp: Path, limits: Limits, echo_port: int) -> None:
-        self.path = str(tmp / "s.sock")
+    def __init__(self, tmp: Path, limits: Limits, echo_port: int, **listen: Any) -> None:
+        self.path = str(tmp / f"s{len(list(tmp.glob('s*.sock')))}.sock")
         self.tunnels: list[tuple[int, int]] = []
         self.refuse = False
+        self.peers: list[Peer | None] = []
         self.http = UnixHttpServer(limits)
-        self.http.listen(self.path, self.handle, name="test", mode=0o600, admit=self.admit)
+        self.http.listen(self.path, self.handle, name="test", mode=0o600, admit=self.admit, **listen)
         self.http.start()
         self.echo_port = echo_port
 
     def admit(self, peer: Peer | None) -> None:
+        self.peers.append(peer)
         if self.refuse:
             raise HttpError(403, "refused: not one of ours")
 
@@ -97,8 +100,9 @@ class Server:
 def make_server(tmp_path: Path, echo_port: int) -> Iterator[object]:
     servers: list[Server] = []
 
-    def make(**limits: float) -> Server:
-        s = Server(tmp_path, Limits(**limits), echo_port)  # type: ignore[arg-type]
+    def make(identify: Any = None, **limits: float) -> Server:
+        s = Server(tmp_path, Limits(**limits), echo_port,  # type: ignore[arg-type]
+                   **({"identify": identify} if identify else {}))
         servers.append(s)
         return s
 
@@ -115,6 +119,19 @@ def test_a_request_is_answered_with_the_kernel_identified_caller(make_server) ->
 
     doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert doc == {"path": "/x", "body": 3, "peer_pid": os.getpid()}
+
+
+def test_a_listener_admitting_by_user_alone_reads_only_the_credentials(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The node agent's control socket admits root alone: it asks the kernel who connected, not
+    into which namespaces (that costs a pidfd and a look at each: rune calls it at every create)."""
+    import os
+
+    full, cheap = make_server(), make_server(identify=credentials)
+    for server in (full, cheap):
+        assert _status(_raw(server.path, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")) == 200
+    assert full.peers[0] is not None and full.peers[0].ns is not None
+    assert cheap.peers[0] is not None and cheap.peers[0].ns is None
+    assert (cheap.peers[0].pid, cheap.peers[0].uid, cheap.peers[0].gid) == (os.getpid(), os.getuid(), os.getgid())
 
 
 @pytest.mark.parametrize("request_bytes,status,words", [

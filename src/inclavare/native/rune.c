@@ -374,13 +374,12 @@ static char *detail_of(const char *body)
 	return out;
 }
 
-/* One HTTP/1.1 request to the agent's control socket, in two halves (rune starts runc between
- * them): agent_send returns the connected socket, or AGENT_UNREACHABLE / AGENT_LOST with *error
- * set; agent_receive returns the status code and the body (NUL-terminated, *plen bytes), or
- * AGENT_LOST with *error set. */
+/* One HTTP/1.1 request to the agent's control socket. Returns the status code and the body
+ * (NUL-terminated, *plen bytes), or AGENT_UNREACHABLE / AGENT_LOST with *error set. */
 #define AGENT_UNREACHABLE (-1)
 #define AGENT_LOST (-2)
-static int agent_send(const char *method, const char *target, const struct buf *body, const char **error)
+static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
+			 size_t *plen, const char **error)
 {
 	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
 	if (!sock_path || !*sock_path)
@@ -421,11 +420,6 @@ static int agent_send(const char *method, const char *target, const struct buf *
 		off += (size_t)n;
 	}
 	free(req.data);
-	return fd;
-}
-
-static int agent_receive(int fd, char **payload, size_t *plen, const char **error)
-{
 	struct buf resp = {0};
 	char chunk[65536];
 	long want = -1; /* total bytes (headers + Content-Length); stop there, not at the close */
@@ -465,13 +459,6 @@ static int agent_receive(int fd, char **payload, size_t *plen, const char **erro
 	*payload = sep + 4;
 	*plen = resp.len - (size_t)(*payload - resp.data);
 	return status;
-}
-
-static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
-			 size_t *plen, const char **error)
-{
-	int fd = agent_send(method, target, body, error);
-	return fd < 0 ? fd : agent_receive(fd, payload, plen, error);
 }
 
 /* --- runc as a child: what the agent prepared is released when runc no longer knows the container */
@@ -687,7 +674,7 @@ static void early_unmake(struct early *e)
 	rmdir(e->dir);
 }
 
-/* The early bundle, before the request leaves (the agent must find the record directory
+/* The early bundle, made before the request leaves (the agent must find the record directory
  * rune's, not the other way round); 0 when there is none (the agent decides alone). */
 static int early_make(struct early *e)
 {
@@ -851,16 +838,9 @@ static void prepare_enclave(void)
 	const char *error;
 	struct early e;
 	int early = early_make(&e);
-	int status = agent_send("POST", "/v1/prepare", &body, &error);
-	if (early && status < 0) {
-		early_close(&e);
-		early_unmake(&e);
-		early = 0;
-	}
 	if (early)
 		early_start(&e); /* runc starts up while the agent plans */
-	if (status >= 0)
-		status = agent_receive(status, &payload, &plen, &error);
+	int status = agent_request("POST", "/v1/prepare", &body, &payload, &plen, &error);
 	if (early && status != 200) {
 		early_stop(&e);
 		early_unmake(&e);

@@ -131,6 +131,7 @@ class Tunnel:
 
 Handler = Callable[[Request], "Response | Tunnel"]
 Admit = Callable[[Peer | None], None]  # raises HttpError to refuse
+Identify = Callable[[socket.socket], Peer | None]  # who connected (None: gone already)
 
 
 def _admit_anyone(peer: Peer | None) -> None:
@@ -144,6 +145,7 @@ class Listener:
     handle: Handler
     admit: Admit = _admit_anyone
     path: str = ""
+    identify: Identify = identify  # what ``admit`` needs to know of the caller
     active: int = 0
     tunnels: int = 0
     closed: bool = False
@@ -265,10 +267,11 @@ class UnixHttpServer:
     # -- listeners ------------------------------------------------------------------------
 
     def listen(self, path: str, handle: Handler, *, name: str, mode: int = 0o600,
-               admit: Admit = _admit_anyone) -> Listener:
+               admit: Admit = _admit_anyone, identify: Identify = identify) -> Listener:
         """Bind a unix socket at ``path`` (replacing a stale file) and serve it. A socket some
         other process still serves is never taken over (ConfigError): it would leave that
-        process running but unreachable."""
+        process running but unreachable. ``identify`` finds out what ``admit`` needs of a caller
+        (by default its namespaces too)."""
         if socket_is_served(path):
             raise ConfigError(f"{path}: another process is serving on this socket; stop it first "
                               "(or choose another path)")
@@ -284,13 +287,13 @@ class UnixHttpServer:
         except OSError:
             sock.close()
             raise
-        return self.adopt(sock, handle, name=name, admit=admit, path=path)
+        return self.adopt(sock, handle, name=name, admit=admit, path=path, identify=identify)
 
     def adopt(self, sock: socket.socket, handle: Handler, *, name: str, admit: Admit = _admit_anyone,
-              path: str = "") -> Listener:
+              path: str = "", identify: Identify = identify) -> Listener:
         """Serve an already listening socket (e.g. one inherited from a supervisor)."""
         sock.setblocking(False)
-        listener = Listener(sock, name, handle, admit, path)
+        listener = Listener(sock, name, handle, admit, path, identify)
         self._post("add", listener)
         return listener
 
@@ -426,7 +429,7 @@ class UnixHttpServer:
             time.sleep(0.05)
             return False
         try:
-            peer = identify(conn)
+            peer = listener.identify(conn)
             listener.admit(peer)
         except HttpError as exc:
             self._refuse(conn, exc.status, exc.detail)

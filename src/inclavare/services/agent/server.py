@@ -36,7 +36,7 @@ from inclavare.services.agent.registry import Registration, Registry, registrati
 from inclavare.services.agent.tsm_fs import PROVIDER_OF, TsmFsError, TsmServer
 from inclavare.services.enclave_layout import HOST_SOCKET_NAME
 from inclavare.services.logs import configure, event, request_id
-from inclavare.services.peer import Peer
+from inclavare.services.peer import Peer, credentials
 from inclavare.services.prometheus import Counters
 from inclavare.services.unix_http import HttpError, Limits, Listener, Request, Response, UnixHttpServer
 
@@ -107,7 +107,8 @@ class Agent:
         self.sealing.get()
         os.makedirs(self.channels_dir, mode=0o711, exist_ok=True)
         os.chmod(self.channels_dir, 0o711)
-        self.http.listen(self.control_socket, self._control, name="control", mode=0o600, admit=_root_only)
+        self.http.listen(self.control_socket, self._control, name="control", mode=0o600, admit=_root_only,
+                         identify=credentials)
         known = set()
         for reg in self.registry.all():
             self._open_channel(reg)
