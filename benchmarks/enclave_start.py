@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=100, help="MB of files in the rootfs")
     ap.add_argument("--runs", type=int, default=100, help="pairs of warm enclave and plain runc starts")
     ap.add_argument("--cold-runs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1, help="seed of the order within warm pairs")
     ap.add_argument("--spaced-runs", type=int, default=40, help="pairs of warm starts spaced by --gap-ms")
     ap.add_argument("--gap-ms", type=float, default=30.0, help="idle time before each spaced start")
     args = ap.parse_args()
@@ -89,10 +91,14 @@ def main() -> int:
             base.append(timed([runc, "--root", root, "run", "--bundle", plain, f"coldbase{i}"], env))
         print(f"warm: {args.runs} pairs of warm enclave / runc starts", file=sys.stderr)
         pairs = []
+        order = random.Random(args.seed)
         for i in range(3 + args.runs):
             warm_cmd = [rune, "--root", root, "run", "--bundle", enclave, f"warm{i}"]
             base_cmd = [runc, "--root", root, "run", "--bundle", plain, f"base{i}"]
-            if i % 2:  # alternate which goes first, so neither always runs after the other
+            # which goes first is drawn for each pair: a start is slower or faster after another
+            # kind of start (teardown left behind), and a fixed alternation would give each pair
+            # the same predecessors (warm after warm, runc after runc, then the reverse)
+            if order.random() < 0.5:
                 b, w = timed(base_cmd, env), timed(warm_cmd, env)
             else:
                 w, b = timed(warm_cmd, env), timed(base_cmd, env)

@@ -374,18 +374,17 @@ static char *detail_of(const char *body)
 	return out;
 }
 
-/* One HTTP/1.1 request to the agent's control socket. Returns the status code and the body
- * (NUL-terminated, *plen bytes), or AGENT_UNREACHABLE / AGENT_LOST with *error set. */
 #define AGENT_UNREACHABLE (-1)
 #define AGENT_LOST (-2)
-static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
-			 size_t *plen, const char **error)
+
+/* A connection to the agent's control socket, or AGENT_UNREACHABLE. Opened before the request is
+ * ready when the agent's accept may overlap rune's own work. */
+static int agent_connect(void)
 {
 	const char *sock_path = getenv("INCLAVARE_AGENT_SOCKET");
 	if (!sock_path || !*sock_path)
 		sock_path = DEFAULT_AGENT_SOCKET;
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	*error = "rune: cannot reach the node agent";
 	if (strlen(sock_path) >= sizeof(addr.sun_path))
 		return AGENT_UNREACHABLE;
 	strcpy(addr.sun_path, sock_path);
@@ -395,6 +394,18 @@ static int agent_request(const char *method, const char *target, const struct bu
 			close(fd);
 		return AGENT_UNREACHABLE;
 	}
+	return fd;
+}
+
+/* One HTTP/1.1 request on ``fd`` (from agent_connect; AGENT_UNREACHABLE is passed through). Returns
+ * the status code and the body (NUL-terminated, *plen bytes), or AGENT_UNREACHABLE / AGENT_LOST
+ * with *error set. */
+static int agent_request_on(int fd, const char *method, const char *target, const struct buf *body, char **payload,
+			    size_t *plen, const char **error)
+{
+	*error = "rune: cannot reach the node agent";
+	if (fd < 0)
+		return AGENT_UNREACHABLE;
 	struct timeval tv = {.tv_sec = 600};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	size_t body_len = body ? body->len : 0;
@@ -459,6 +470,12 @@ static int agent_request(const char *method, const char *target, const struct bu
 	*payload = sep + 4;
 	*plen = resp.len - (size_t)(*payload - resp.data);
 	return status;
+}
+
+static int agent_request(const char *method, const char *target, const struct buf *body, char **payload,
+			 size_t *plen, const char **error)
+{
+	return agent_request_on(agent_connect(), method, target, body, payload, plen, error);
 }
 
 /* --- runc as a child: what the agent prepared is released when runc no longer knows the container */
@@ -836,11 +853,12 @@ static void prepare_enclave(void)
 	char *payload;
 	size_t plen;
 	const char *error;
+	int fd = agent_connect(); /* the agent accepts while rune starts runc */
 	struct early e;
-	int early = early_make(&e);
+	int early = fd >= 0 && early_make(&e);
 	if (early)
 		early_start(&e); /* runc starts up while the agent plans */
-	int status = agent_request("POST", "/v1/prepare", &body, &payload, &plen, &error);
+	int status = agent_request_on(fd, "POST", "/v1/prepare", &body, &payload, &plen, &error);
 	if (early && status != 200) {
 		early_stop(&e);
 		early_unmake(&e);
