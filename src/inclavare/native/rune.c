@@ -301,6 +301,24 @@ static void puts_b(struct buf *b, const char *s)
 	put(b, s, strlen(s));
 }
 
+/* What ``fd`` holds, read to its end or until more than ``max`` bytes (then 0); closes ``fd``. */
+static int read_all(int fd, struct buf *data, size_t max)
+{
+	char chunk[65536];
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		put(data, chunk, (size_t)r);
+		if (data->len > max)
+			break;
+	}
+	close(fd);
+	return data->len <= max;
+}
+
 /* JSON string; returns 0 when the text is not plain ASCII (the Python path handles that). */
 static int put_json_string(struct buf *b, const char *s)
 {
@@ -770,16 +788,10 @@ static int early_feed(struct early *e)
 		return 0;
 	}
 	struct buf data = {0};
-	char chunk[65536];
-	for (;;) {
-		ssize_t r = read(fd, chunk, sizeof(chunk));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		put(&data, chunk, (size_t)r);
+	if (!read_all(fd, &data, MAX_CONFIG)) {
+		free(data.data);
+		return 0;
 	}
-	close(fd);
 	fcntl(e->wfd, F_SETFL, O_NONBLOCK);
 	for (size_t off = 0; off < data.len;) {
 		ssize_t w = write(e->wfd, data.data + off, data.len - off);
@@ -914,18 +926,7 @@ static int mentions_enclave(const char *bundle)
 	if (fd < 0)
 		return 0; /* runc reports the missing or unreadable bundle itself */
 	struct buf data = {0};
-	char chunk[65536];
-	for (;;) {
-		ssize_t r = read(fd, chunk, sizeof(chunk));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		put(&data, chunk, (size_t)r);
-		if (data.len > MAX_CONFIG)
-			break;
-	}
-	close(fd);
+	read_all(fd, &data, MAX_CONFIG);
 	int hit = data.data && (memmem(data.data, data.len, "enclave.", 8) || memmem(data.data, data.len, "ENCLAVE_", 8));
 	g_config_len = data.len;
 	free(data.data);
