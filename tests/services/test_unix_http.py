@@ -20,7 +20,7 @@ import pytest
 
 from inclavare.errors import ConfigError
 from inclavare.services.peer import Peer, credentials
-from inclavare.services.unix_http import HttpError, Limits, Request, Response, Tunnel, UnixHttpServer
+from inclavare.services.unix_http import HttpError, Limits, Request, Response, Tunnel, UnixHttpServer, after_answer
 from tests.support.loopback import serve_in_background
 
 
@@ -74,6 +74,7 @@ class Server:
         self.tunnels: list[tuple[int, int]] = []
         self.refuse = False
         self.peers: list[Peer | None] = []
+        self.deferred: list[float] = []
         self.http = UnixHttpServer(limits)
         self.http.listen(self.path, self.handle, name="test", mode=0o600, admit=self.admit, **listen)
         self.http.start()
@@ -92,6 +93,8 @@ class Server:
             raise RuntimeError("a bug")
         if request.path == "/slow":
             time.sleep(float(request.query()["s"]))
+        if request.path == "/deferred":
+            after_answer(lambda: (time.sleep(0.5), self.deferred.append(time.monotonic())))
         return Response.json(200, {"path": request.path, "body": len(request.body),
                                    "peer_pid": request.peer.pid if request.peer else None})
 
@@ -119,6 +122,26 @@ def test_a_request_is_answered_with_the_kernel_identified_caller(make_server) ->
 
     doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert doc == {"path": "/x", "body": 3, "peer_pid": os.getpid()}
+
+
+def test_work_deferred_by_a_handler_runs_after_the_answer_is_out(make_server) -> None:  # type: ignore[no-untyped-def]
+    """What a handler defers (a log line) does not delay the client: it runs after the write."""
+    server = make_server()
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(server.path)
+        s.sendall(b"GET /deferred HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = s.recv(65536)
+        answered = time.monotonic()
+        assert _status(answer) == 200 and server.deferred == []
+    assert answered - started < 0.4
+    deadline = time.monotonic() + 5
+    while not server.deferred and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.deferred and server.deferred[0] > answered
+    ran: list[int] = []
+    after_answer(lambda: ran.append(1))  # outside a request: at once
+    assert ran == [1]
 
 
 def test_a_listener_admitting_by_user_alone_reads_only_the_credentials(make_server) -> None:  # type: ignore[no-untyped-def]

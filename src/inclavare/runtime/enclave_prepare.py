@@ -199,8 +199,9 @@ def prepare_enclave(request: EnclaveRequest, spec: Spec, record: ContainerRecord
                      trusted=parse_trusted_arg(config.runtime_args), excluded=mount_destinations(spec),
                      pool=pool_for(host.epm_dir))
     spec.setdefault("annotations", {})[MEASUREMENT_ANNOTATION] = result.hex
-    log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
-              f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")
+    if log.debug_enabled:
+        log.debug(f"enclave {record.id}: runtime {runtime.ref}, measurement {result.hex} "
+                  f"({result.files} files, {result.total_bytes} bytes, pool {'hit' if result.cached else 'miss'})")
     rt_dir = ""
     if enclave_side or not runtime.direct_launch:
         from inclavare.runtime.pal.runelet_rt import ensure_runelet_rt

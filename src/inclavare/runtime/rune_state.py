@@ -26,7 +26,7 @@ FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measu
 class ContainerRecord:
     """Mutable while rune prepares the container, then saved once."""
 
-    __slots__ = FIELDS
+    __slots__ = (*FIELDS, "_directory")
 
     def __init__(self, id: str, root: str, bundle: str, private_bundle: str,  # noqa: A002
                  enclave: dict[str, str] | None = None, runtime: str = "", measurement: str = "",
@@ -45,7 +45,12 @@ class ContainerRecord:
 
     @property
     def directory(self) -> str:
-        return state_path(self.root, self.id, self.state_base)
+        """``<state base><root>/<id>`` (computed once: id, root and state base never change)."""
+        try:
+            return self._directory
+        except AttributeError:
+            self._directory: str = state_path(self.root, self.id, self.state_base)
+            return self._directory
 
     def save(self, runelet: bool = False) -> None:
         doc = {k: getattr(self, k) for k in FIELDS}

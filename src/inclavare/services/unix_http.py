@@ -211,10 +211,28 @@ def socket_is_served(path: str) -> bool:
         probe.close()
 
 
+_deferred = threading.local()  # per worker: what runs once the current answer is written
+
+
+def after_answer(call: Callable[[], None]) -> None:
+    """Run ``call`` once the answer to the current request is written (at once outside a
+    request): for what the caller need not wait for, such as a log line."""
+    pending: list[Callable[[], None]] | None = getattr(_deferred, "calls", None)
+    if pending is None:
+        call()
+    else:
+        pending.append(call)
+
+
+def _response_bytes(status: int, content_type: str, body: bytes) -> bytes:
+    """A whole answer: every connection carries one request and closes after the answer, so the
+    status line and three headers are all there is to write (h11 only reads requests here)."""
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, REASONS.get(status, b"Error"), content_type.encode("latin-1"), len(body), body))
+
+
 def _answer_bytes(status: int, detail: str) -> bytes:
-    body = fastjson.dumps({"detail": detail}).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status, REASONS.get(status, b"Error"), len(body), body))
+    return _response_bytes(status, "application/json", fastjson.dumps({"detail": detail}).encode())
 
 
 @dataclass(eq=False)
@@ -470,6 +488,23 @@ class UnixHttpServer:
             self._release(listener)
 
     def _exchange(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> bool:
+        _deferred.calls = []
+        try:
+            return self._answer(conn, listener, peer)
+        finally:
+            self._run_deferred()
+            _deferred.calls = None
+
+    def _run_deferred(self) -> None:
+        """What handlers deferred (:func:`after_answer`); later deferrals are collected again."""
+        calls, _deferred.calls = _deferred.calls, []
+        for call in calls:
+            try:
+                call()
+            except Exception as exc:  # the answer is out: a failure here is only logged
+                self.log.error("after an answer: %s: %s", type(exc).__name__, exc)
+
+    def _answer(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> bool:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
         try:
             request = self._read_request(conn, h, listener, peer)
@@ -485,7 +520,7 @@ class UnixHttpServer:
             reply = error_response(exc, self.log)
         if isinstance(reply, Tunnel):
             return self._open_tunnel(conn, h, listener, reply)
-        self._send(conn, h, reply)
+        self._send(conn, reply)
         return False
 
     def _read_request(self, conn: socket.socket, h: h11.Connection, listener: Listener,
@@ -529,22 +564,16 @@ class UnixHttpServer:
         return Request(head.method.decode("ascii", "replace"), head.target.decode("latin-1"), headers,
                        bytes(body), peer, listener)
 
-    def _send(self, conn: socket.socket, h: h11.Connection, reply: Response) -> None:
-        status = reply.status if reply.status in REASONS else 500
-        headers = [("content-type", reply.content_type), ("content-length", str(len(reply.body))),
-                   ("connection", "close")]
-        try:
-            data = h.send(h11.Response(status_code=status, headers=headers, reason=REASONS[status]))
-            data = (data or b"") + (h.send(h11.Data(data=reply.body)) or b"") + (h.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError:
-            # the request left h11 unable to answer in protocol (e.g. it never finished): raw bytes
-            body = reply.body
-            data = (f"HTTP/1.1 {status} {REASONS[status].decode()}\r\ncontent-type: {reply.content_type}\r\n"
-                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    def _send(self, conn: socket.socket, reply: Response) -> None:
+        data = _response_bytes(reply.status if reply.status in REASONS else 500, reply.content_type, reply.body)
         conn.settimeout(self.limits.response_deadline)
         try:
             conn.sendall(data)  # one write: a client never sees half an answer
             conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        self._run_deferred()  # before waiting for the client to close
+        try:
             _drain(conn)
         except OSError:
             pass
@@ -559,7 +588,7 @@ class UnixHttpServer:
                 self._tunnels += 1
                 listener.tunnels += 1
         if full:
-            self._send(conn, h, Response.json(503, {"detail": "too many open tunnels; try again shortly"}))
+            self._send(conn, Response.json(503, {"detail": "too many open tunnels; try again shortly"}))
             return False
         try:
             upstream = tunnel.connect(self.limits.tunnel_connect)
@@ -567,7 +596,7 @@ class UnixHttpServer:
             self._end_tunnel(listener)
             detail = exc.detail if isinstance(exc, HttpError) else f"cannot reach the destination: {exc}"
             status = exc.status if isinstance(exc, HttpError) else 502
-            self._send(conn, h, Response.json(status, {"detail": detail}))
+            self._send(conn, Response.json(status, {"detail": detail}))
             return False
         head = h.send(h11.Response(status_code=200, headers=[], reason=b"Connection Established")) or b""
         early = bytes(h.trailing_data[0])

@@ -38,7 +38,7 @@ from inclavare.services.enclave_layout import HOST_SOCKET_NAME
 from inclavare.services.logs import configure, event, request_id
 from inclavare.services.peer import Peer, credentials
 from inclavare.services.prometheus import Counters
-from inclavare.services.unix_http import HttpError, Limits, Listener, Request, Response, UnixHttpServer
+from inclavare.services.unix_http import HttpError, Limits, Listener, Request, Response, UnixHttpServer, after_answer
 
 log = logging.getLogger("inclavare.agent")
 METRICS = {  # named like the key broker's (Trustee's kbs_* counters)
@@ -175,9 +175,10 @@ class Agent:
         tsm = self._tsm_dir(reg)
         self.metrics.inc("agent_registrations_total")
         rid = request_id()  # in the answer too, so the caller's record and the agent's line meet
-        event(log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
-              reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
-              epc_mib=reg.epc_mib, simulated=bool(reg.simulated_tee), request_id=rid)
+        after_answer(lambda: event(  # rune's create waits for the answer, not for the log line
+            log, "register", "registered enclave container %s (type %s, measurement %s)", reg.id, reg.tee,
+            reg.measurement, container=reg.id, root=reg.root, tee=reg.tee, measurement=reg.measurement,
+            epc_mib=reg.epc_mib, simulated=bool(reg.simulated_tee), request_id=rid))
         return {**reg.public(), "channel": channel, "tsm": tsm, "request_id": rid}
 
     def _tsm_dir(self, reg: Registration) -> str | None:
