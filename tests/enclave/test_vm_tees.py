@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -118,6 +119,49 @@ def _chain(*events: str) -> str:
     return value.hex()
 
 
+def _verified_td_claims(kbs: KbsProcess, tmp_path: Path, evidence: str) -> dict[str, str]:
+    """`inclavare verify` of a TD's evidence under the simulated roots: its claims."""
+    (tmp_path / "evidence.json").write_text(evidence)
+    sim = Path(kbs.directory) / "sim"
+    v = subprocess.run([str(Path(sys.executable).parent / "inclavare"), "verify", "--json", "--trust-anchor",
+                        str(sim / "root-ca.pem"), "--collateral", str(sim / "tdx-collateral.json"),
+                        str(tmp_path / "evidence.json")], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stderr
+    return json.loads(v.stdout)["claims"]  # type: ignore[no-any-return]
+
+
+def test_rtmrs_survive_an_agent_restart_as_the_td_does(
+        vm_kbs: tuple[KbsProcess, AgentProcess], vm_rune: Rune, bundle_factory: BundleFactory,
+        tmp_path: Path) -> None:
+    """A TD's RTMRs live in the TDX module, not in the host's agent: extended, then the agent
+    killed (-9) and started again, the TD's next extension chains on what it had, and its quote
+    carries both; once the container is deleted, nothing of its registers is left."""
+    kbs, agent = vm_kbs
+    vm_rune.create(bundle_factory(["/bin/sleep", "300"], annotations=annotations(TDX)), "rtmr-k9")
+    try:
+        assert vm_rune("start", "rtmr-k9").returncode == 0
+        for _ in range(200):
+            if json.loads(vm_rune("state", "rtmr-k9").stdout or "{}").get("status") == "running":
+                break
+        first = vm_rune("exec", "rtmr-k9", ATTEST, "extend", "app", "before", "restart")
+        assert first.returncode == 0, first.stderr
+        agent.kill9()
+        agent.start()
+        second = vm_rune("exec", "rtmr-k9", ATTEST, "extend", "app", "after", "restart")
+        assert second.returncode == 0, second.stderr
+        ev = vm_rune("exec", "rtmr-k9", ATTEST, "evidence")
+        assert ev.returncode == 0, ev.stderr
+        claims = _verified_td_claims(kbs, tmp_path, ev.stdout)
+        assert claims["rtmr3"] == _chain("app before restart", "app after restart")
+    finally:
+        vm_rune("delete", "--force", "rtmr-k9")
+    records = Path(agent.socket).parent / "agent" / "rtmrs"
+    deadline = time.monotonic() + 15
+    while list(records.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(records.glob("*.json"))
+
+
 def test_rtmr_extension_reaches_the_td_quote_and_the_policy(
         vm_kbs: tuple[KbsProcess, AgentProcess], vm_rune: Rune, bundle_factory: BundleFactory,
         tmp_path: Path) -> None:
@@ -134,13 +178,7 @@ def test_rtmr_extension_reaches_the_td_quote_and_the_policy(
     asker = bundle_factory(["/bin/sh", "-c", extend + f"{ATTEST} evidence"], annotations=annotations(TDX))
     ev = vm_rune("run", "--bundle", asker, "rtmr-evidence")
     assert ev.returncode == 0, ev.stderr
-    (tmp_path / "evidence.json").write_text(ev.stdout)
-    sim = Path(kbs.directory) / "sim"
-    v = subprocess.run([str(Path(sys.executable).parent / "inclavare"), "verify", "--json", "--trust-anchor",
-                        str(sim / "root-ca.pem"), "--collateral", str(sim / "tdx-collateral.json"),
-                        str(tmp_path / "evidence.json")], capture_output=True, text=True, timeout=60)
-    assert v.returncode == 0, v.stderr
-    claims = json.loads(v.stdout)["claims"]
+    claims = _verified_td_claims(kbs, tmp_path, ev.stdout)
     assert (claims["rtmr3"], claims["rtmr2"], claims["rtmr1"], claims["rtmr0"]) == (rtmr3, rtmr2, "00" * 48, "00" * 48)
 
     fetch = bundle_factory(["/bin/sh", "-c", extend + f"{ATTEST} resource kbs:///tenant/rtmr/key"],

@@ -44,3 +44,25 @@ def test_request_shape() -> None:
             ({"domain": "d", "operation": "o", "content": "c", "register_index": "17"}, "PCR index")):
         with pytest.raises(ConfigError, match=message):
             runtime_measurement_request(body)
+
+
+def test_recorded_registers_come_back_for_the_same_td_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A restarted node agent reads a TD's RTMRs back from its record; a container re-created
+    under the same id (a new TD) starts at zero, and so does one whose record is damaged."""
+    import dataclasses
+
+    from inclavare.services.agent.channel import Quoter
+    from inclavare.services.agent.registry import Registration
+
+    td = Registration(id="td", root="/run/runc", runc="/usr/sbin/runc", bundle="/b", measurement="00" * 32,
+                      enclave={"type": "tdx", "path": "sim"}, runtime="sim")
+    extended = Quoter(lambda: None, rtmr_dir=str(tmp_path)).extend_rtmr(td, 3, b"\x01" * 48)
+    assert extended != bytes(48)
+    assert Quoter(lambda: None, rtmr_dir=str(tmp_path))._registers(td).values()[3] == extended
+    recreated = dataclasses.replace(td, registered_at=td.registered_at + 1)
+    assert Quoter(lambda: None, rtmr_dir=str(tmp_path))._registers(recreated).values() == (bytes(48),) * 4
+    for damage in (b"{", b'{"registered_at": %r, "rtmrs": ["00"]}' % td.registered_at, b"[]"):
+        (tmp_path / f"{td.key}.json").write_bytes(damage)
+        assert Quoter(lambda: None, rtmr_dir=str(tmp_path))._registers(td).values() == (bytes(48),) * 4
+    Quoter(lambda: None, rtmr_dir=str(tmp_path)).forget(td.key)
+    assert list(tmp_path.iterdir()) == []

@@ -56,8 +56,11 @@ def extended(value: bytes, digest: bytes) -> bytes:
 class Rtmrs:
     """One TD's four registers (thread-safe): zero at launch, extended only through :meth:`extend`."""
 
-    def __init__(self) -> None:
-        self._values = [bytes(RTMR_SIZE)] * RTMR_COUNT
+    def __init__(self, values: "tuple[bytes, ...] | None" = None) -> None:
+        """``values``: the four registers as they were (a node agent restarted while the TD ran)."""
+        if values is not None and (len(values) != RTMR_COUNT or any(len(v) != RTMR_SIZE for v in values)):
+            raise ConfigError(f"a TD has {RTMR_COUNT} RTMRs of {RTMR_SIZE} bytes")
+        self._values = list(values) if values is not None else [bytes(RTMR_SIZE)] * RTMR_COUNT
         self._lock = threading.Lock()
 
     def extend(self, index: int, digest: bytes) -> bytes:

@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from inclavare import fastjson
+from inclavare.atomic_file import write_atomic
 from inclavare.errors import ConfigError, NotSupportedError
 from inclavare.services.agent.registry import Registration, Registry
 from inclavare.services.http_transport import parse_origin, tcp_connect
@@ -48,6 +52,8 @@ from inclavare.tee.rtmr import RTMR_SIZE, Rtmrs
 
 if TYPE_CHECKING:
     from inclavare.secrets.sealing_keys import SealingSecret
+
+log = logging.getLogger("inclavare.agent")
 
 SEALING_KEY_PATH = "/v1/sealing-key"
 REFUSED = "refused: this channel answers only the processes of the enclave container it belongs to"
@@ -108,13 +114,19 @@ class RelayCounters:
 
 class Quoter:
     """The simulated platform's quoting part (the node's SimAuthority for SGX and TDX, its
-    SimAmdAuthority for SNP), the authorities loaded on first use; TDX RTMRs per container."""
+    SimAmdAuthority for SNP), the authorities loaded on first use; TDX RTMRs per container.
 
-    def __init__(self, load_authority: Any, amd_dir: str = "") -> None:
+    A TD's RTMRs live in the TDX module, not in the host's agent: with ``rtmr_dir`` they are kept
+    there too (``<key>.json``, beside the registrations under /run), so they survive the agent's
+    restart as the TD does, and die with the registration."""
+
+    def __init__(self, load_authority: Any, amd_dir: str = "", rtmr_dir: str = "") -> None:
         self._load = load_authority
         self._amd_dir = amd_dir
         self._amd: Any = None
         self._lock = threading.Lock()
+        self._extend_lock = threading.Lock()  # an extension and its record, one at a time
+        self.rtmr_dir = rtmr_dir
         self.rtmrs: dict[str, tuple[float, Rtmrs]] = {}  # key -> (registered_at, registers)
 
     def _load_amd(self) -> Any:
@@ -158,19 +170,49 @@ class Quoter:
             raise HttpError(400, "index is an RTMR number (2 or 3)")
         if len(digest) != RTMR_SIZE:
             raise HttpError(400, f"digest is {RTMR_SIZE} bytes (SHA-384)")
-        try:
-            return self._registers(reg).extend(index, digest)
-        except ConfigError as exc:
-            raise HttpError(400, str(exc)) from None
+        with self._extend_lock:
+            registers = self._registers(reg)
+            try:
+                value = registers.extend(index, digest)
+            except ConfigError as exc:
+                raise HttpError(400, str(exc)) from None
+            self._record(reg, registers)
+            return value
 
     def _registers(self, reg: Registration) -> Rtmrs:
         """The registration's RTMRs: zero for a new registration, even under a reused key (a
-        container re-created with the same id is a new TD)."""
+        container re-created with the same id is a new TD); as recorded after an agent restart."""
         with self._lock:
             known = self.rtmrs.get(reg.key)
             if known is None or known[0] != reg.registered_at:
-                known = self.rtmrs[reg.key] = (reg.registered_at, Rtmrs())
+                known = self.rtmrs[reg.key] = (reg.registered_at, self._recorded(reg) or Rtmrs())
             return known[1]
+
+    def _rtmr_path(self, key: str) -> str:
+        return os.path.join(self.rtmr_dir, key + ".json")
+
+    def _record(self, reg: Registration, registers: Rtmrs) -> None:
+        if not self.rtmr_dir:
+            return
+        doc = {"registered_at": reg.registered_at, "rtmrs": [v.hex() for v in registers.values()]}
+        try:
+            write_atomic(self._rtmr_path(reg.key), fastjson.dumps(doc).encode(), durable=False)
+        except OSError as exc:  # the TD keeps its registers; only an agent restart would lose them
+            log.error("cannot record the RTMRs of enclave container %s: %s", reg.id, exc.strerror or exc)
+
+    def _recorded(self, reg: Registration) -> Rtmrs | None:
+        """The registers recorded for this very registration (not an earlier one under the key);
+        a damaged record is ignored, so the TD's RTMRs read as zero (a policy refuses them)."""
+        if not self.rtmr_dir:
+            return None
+        try:
+            with open(self._rtmr_path(reg.key), "rb") as f:
+                doc = fastjson.loads(f.read())
+            if not isinstance(doc, dict) or doc.get("registered_at") != reg.registered_at:
+                return None
+            return Rtmrs(tuple(bytes.fromhex(v) for v in doc["rtmrs"]))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            return None
 
     def collateral_json(self, reg: Registration) -> bytes:
         tee = self.tee_of(reg)
@@ -183,6 +225,21 @@ class Quoter:
     def forget(self, key: str) -> None:
         with self._lock:
             self.rtmrs.pop(key, None)
+        if self.rtmr_dir:
+            try:
+                os.unlink(self._rtmr_path(key))
+            except OSError:
+                pass
+
+    def forget_all_but(self, keys: set[str]) -> None:
+        """Drop the records of registrations no longer held (forgotten while the agent was down)."""
+        try:
+            names = os.listdir(self.rtmr_dir) if self.rtmr_dir else []
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(".json") and name[:-5] not in keys:
+                self.forget(name[:-5])
 
 
 class Channels:

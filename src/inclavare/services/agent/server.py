@@ -77,7 +77,8 @@ class Agent:
             "agent_epc_capacity_mib": ("the simulated TEE's EPC (MiB; 0: not accounted)", lambda: self.epc_mib),
         })
         self.sealing = SealingSecret(state_dir)  # the simulated CPU's sealing secret
-        quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"))
+        quoter = Quoter(self.sim_authority, amd_dir=os.path.join(state_dir, "amd"),
+                        rtmr_dir=os.path.join(self.run_dir, "agent", "rtmrs"))
         self.channels = Channels(self.registry, quoter, self.relay, self.metrics, self.sealing,
                                  registry_targets(registries or []))
         self.tsm = TsmServer(self.channels, os.path.join(self.run_dir, "agent", "tsm"))
@@ -116,6 +117,7 @@ class Agent:
         for name in os.listdir(self.channels_dir):  # channels of containers forgotten meanwhile
             if name not in known:
                 shutil.rmtree(os.path.join(self.channels_dir, name), ignore_errors=True)
+        self.channels.quoter.forget_all_but(known)
         self.http.start()
         threading.Thread(target=self._gc_loop, name="gc", daemon=True).start()
 
