@@ -94,6 +94,55 @@ def test_runc_reads_the_agents_config_through_the_early_bundle(
     assert not directory.exists()
 
 
+def test_a_terminal_container_gets_its_console_through_the_early_runc(
+        rune: Rune, runc_bin: str, runc_root: str, tmp_path: Path, bundle_factory: BundleFactory) -> None:
+    """Engines that give a container a terminal (`podman run -t`, `ctr run -t`) pass
+    `--console-socket`: the early runc sends the pty's master there as runc does, and the
+    workload (behind enclave-init) runs on that terminal."""
+    bundle = bundle_factory(["/bin/sh", "-c", "tty; echo on-the-terminal"], annotations=SIM, terminal=True)
+    path = str(tmp_path / "console.sock")
+    masters: list[int] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        server.settimeout(30)
+
+        def receive() -> None:
+            conn, _ = server.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+                masters.extend(fds)
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        out = tmp_path / "create.out"
+        with open(out, "w") as f:
+            r = subprocess.run([rune.binary, "--root", rune.root, "create", "--console-socket", path, "--bundle",
+                                bundle, "early-tty"], stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                               timeout=60)
+        assert r.returncode == 0, out.read_text()
+        receiver.join(30)
+    assert len(masters) == 1
+    try:
+        early = record_dir(os.environ["INCLAVARE_RUNE_STATE"], runc_root, "early-tty") / "early"
+        assert runc_bundle(runc_bin, runc_root, "early-tty") == str(early)
+        assert rune("start", "early-tty").returncode == 0
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"on-the-terminal" not in seen and time.monotonic() < deadline:
+            try:
+                chunk = os.read(masters[0], 4096)
+            except OSError:  # EIO: the terminal's last process has gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert b"/dev/pts/" in seen and b"on-the-terminal" in seen, seen
+    finally:
+        os.close(masters[0])
+        rune("delete", "--force", "early-tty")
+
+
 @pytest.mark.parametrize("refusal", ["before measuring", "after registering"])
 def test_a_refused_container_leaves_no_runc_and_one_line(
         rune: Rune, runc_root: str, bundle_factory: BundleFactory, refusal: str) -> None:
