@@ -147,6 +147,8 @@ def test_rtmrs_survive_an_agent_restart_as_the_td_does(
         assert first.returncode == 0, first.stderr
         agent.kill9()
         agent.start()
+        tsm = str(Path(agent.socket).parent / "agent" / "tsm")
+        assert f" {tsm} " not in Path("/proc/mounts").read_text(), "the dead agent's FUSE mount was left behind"
         second = vm_rune("exec", "rtmr-k9", ATTEST, "extend", "app", "after", "restart")
         assert second.returncode == 0, second.stderr
         ev = vm_rune("exec", "rtmr-k9", ATTEST, "evidence")

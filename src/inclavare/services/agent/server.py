@@ -110,6 +110,7 @@ class Agent:
         os.chmod(self.channels_dir, 0o711)
         self.http.listen(self.control_socket, self._control, name="control", mode=0o600, admit=_root_only,
                          identify=credentials)
+        self.tsm.detach_stale()  # after the listen: no other agent serves this run directory
         known = set()
         for reg in self.registry.all():
             self._open_channel(reg)

@@ -508,6 +508,13 @@ class TsmServer:
     def forget(self, key: str) -> None:
         self.fs.forget_registration(key)
 
+    def detach_stale(self) -> None:
+        """Detach a mount an agent that died left at the mount point (dead: ENOTCONN), at this
+        agent's start rather than at its first sim TDX/SNP container, which may never come."""
+        with self._lock:
+            if self._thread is None:
+                detach(self.mountpoint)
+
     def stop(self) -> None:
         thread, token = self._thread, self._token
         if thread is None or token is None or thread is threading.current_thread():
