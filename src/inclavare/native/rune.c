@@ -628,7 +628,6 @@ static void supervise_runc(char **argv)
 struct early {
 	pid_t pid;
 	int rfd, wfd;
-	size_t capacity; /* what the pipe holds without a reader */
 	char *dir, *bundle, *early, *link;
 	char **argv; /* what runc was given */
 	char **expected; /* what the agent answers when it planned as rune expects */
@@ -726,9 +725,14 @@ static int early_make(struct early *e)
 	snprintf(e->bundle, n, "%s/bundle", e->dir);
 	snprintf(e->early, n, "%s/early", e->dir);
 	snprintf(e->link, n, "%s/early/config.json", e->dir);
-	make_parents(e->dir);
-	if (mkdir(e->dir, 0777) < 0)
-		return 0; /* rune has a record of this id (or cannot make one): the agent decides alone */
+	/* EEXIST: rune has a record of this id (or any other failure): the agent decides alone */
+	if (mkdir(e->dir, 0777) < 0) {
+		if (errno != ENOENT)
+			return 0;
+		make_parents(e->dir); /* the first container under this runc root */
+		if (mkdir(e->dir, 0777) < 0)
+			return 0;
+	}
 	int p[2];
 	if (mkdir(e->early, 0700) < 0 || pipe2(p, O_CLOEXEC) < 0) {
 		early_unmake(e);
@@ -737,12 +741,11 @@ static int early_make(struct early *e)
 	e->rfd = p[0];
 	e->wfd = p[1];
 	fcntl(e->wfd, F_SETPIPE_SZ, 1 << 20); /* best effort: the size is read back below */
-	int cap = fcntl(e->wfd, F_GETPIPE_SZ);
-	e->capacity = cap > 0 ? (size_t)cap : 0;
+	int capacity = fcntl(e->wfd, F_GETPIPE_SZ);
 	char target[64];
 	snprintf(target, sizeof(target), "/proc/%d/fd/%d", (int)getpid(), e->rfd);
 	/* the private config is the caller's plus the enclave's mounts: it must fit in the pipe */
-	if (g_config_len * 2 + 65536 > e->capacity || symlink(target, e->link) < 0) {
+	if (capacity <= 0 || g_config_len * 2 + 65536 > (size_t)capacity || symlink(target, e->link) < 0) {
 		early_close(e);
 		early_unmake(e);
 		return 0;

@@ -26,7 +26,7 @@ FIELDS = ("id", "root", "bundle", "private_bundle", "enclave", "runtime", "measu
 class ContainerRecord:
     """Mutable while rune prepares the container, then saved once."""
 
-    __slots__ = (*FIELDS, "_directory")
+    __slots__ = (*FIELDS, "directory")
 
     def __init__(self, id: str, root: str, bundle: str, private_bundle: str,  # noqa: A002
                  enclave: dict[str, str] | None = None, runtime: str = "", measurement: str = "",
@@ -42,15 +42,7 @@ class ContainerRecord:
         self.created = time.time() if created is None else created
         self.extra = extra or {}
         self.state_base = state_base  # "" = rune's default (environment)
-
-    @property
-    def directory(self) -> str:
-        """``<state base><root>/<id>`` (computed once: id, root and state base never change)."""
-        try:
-            return self._directory
-        except AttributeError:
-            self._directory: str = state_path(self.root, self.id, self.state_base)
-            return self._directory
+        self.directory = state_path(root, id, state_base)  # id, root and state base never change
 
     def save(self, runelet: bool = False) -> None:
         doc = {k: getattr(self, k) for k in FIELDS}

@@ -147,7 +147,8 @@ def identify(sock: socket.socket) -> Peer | None:
 
     ``Peer.pid`` is 0 when the peer lives in a pid namespace this process cannot see (the host,
     seen from a container; another container)."""
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, struct.calcsize("3i")))
+    who = credentials(sock)
+    pid, uid, gid = who.pid, who.uid, who.gid
     try:
         pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError:
@@ -155,7 +156,7 @@ def identify(sock: socket.socket) -> Peer | None:
     if pidfd < 0:
         # kernels before 6.5: the pid may be recycled once the peer exits; read, then re-check
         if pid <= 0:
-            return Peer(pid, uid, gid, None)
+            return who
         return Peer(pid, uid, gid, namespaces_of(pid))
     try:
         try:

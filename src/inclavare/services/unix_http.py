@@ -488,21 +488,17 @@ class UnixHttpServer:
             self._release(listener)
 
     def _exchange(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> bool:
-        _deferred.calls = []
+        calls: list[Callable[[], None]] = []
+        _deferred.calls = calls
         try:
             return self._answer(conn, listener, peer)
         finally:
-            self._run_deferred()
             _deferred.calls = None
-
-    def _run_deferred(self) -> None:
-        """What handlers deferred (:func:`after_answer`); later deferrals are collected again."""
-        calls, _deferred.calls = _deferred.calls, []
-        for call in calls:
-            try:
-                call()
-            except Exception as exc:  # the answer is out: a failure here is only logged
-                self.log.error("after an answer: %s: %s", type(exc).__name__, exc)
+            for call in calls:  # what handlers deferred (after_answer): the answer is out
+                try:
+                    call()
+                except Exception as exc:  # so a failure here is only logged
+                    self.log.error("after an answer: %s: %s", type(exc).__name__, exc)
 
     def _answer(self, conn: socket.socket, listener: Listener, peer: Peer | None) -> bool:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
@@ -570,10 +566,6 @@ class UnixHttpServer:
         try:
             conn.sendall(data)  # one write: a client never sees half an answer
             conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        self._run_deferred()  # before waiting for the client to close
-        try:
             _drain(conn)
         except OSError:
             pass
