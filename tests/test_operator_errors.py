@@ -16,6 +16,7 @@ from pathlib import Path
 from inclavare.services.agent import client
 from inclavare.tee.sim_authority import SimAuthority
 from tests.support.agent import AgentProcess
+from tests.support.processes import stop
 
 INCLAVARE = str(Path(sys.executable).parent / "inclavare")
 
@@ -81,10 +82,5 @@ def test_agent_state_dir_holds_its_pool_and_runtime_folder(tmp_path: Path) -> No
                 time.sleep(0.05)
         assert (agent.state_dir / "runelet").is_dir() and (agent.state_dir / "sim").is_dir()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if not stop(proc, 30):
             raise AssertionError("the agent did not stop within 30 s of SIGTERM:\n" + log.read_text()[-2000:])

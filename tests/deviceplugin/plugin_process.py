@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.processes import stop
+
 
 class PluginProcess:
     def __init__(self, directory: str, log: Path, epc_mib: int = 64, agent_socket: str = "",
@@ -32,11 +34,7 @@ class PluginProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+        stop(self.proc, 10)
+        rc = self.proc.returncode
         self.proc = None
         return rc

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.support.processes import stop
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -61,9 +63,4 @@ class Registry:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop(self.proc, 10)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from inclavare.services.agent import client
+from tests.support.processes import stop
 
 
 class AgentProcess:
@@ -70,12 +71,7 @@ class AgentProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, 10)
         self.proc = None
 
     def containers(self) -> list[dict]:  # type: ignore[type-arg]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.processes import stop
+
 SWTPM = shutil.which("swtpm")
 SWTPM_SETUP = shutil.which("swtpm_setup")
 LOCALCA = shutil.which("swtpm_localca") or "/usr/bin/swtpm_localca"
@@ -123,12 +125,7 @@ def running_swtpm(directory: str) -> Iterator[Swtpm]:
     try:
         yield Swtpm(f"swtpm:host=127.0.0.1,port={port}", ca, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 5)
 
 
 def swtpm_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
