@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import BundleFactory
 from tests.enclave.conftest import Rune
 from tests.support.agent import AgentProcess
+from tests.support.loopback import read_request
 
 pytestmark = pytest.mark.root
 
@@ -231,20 +232,10 @@ class ScriptedAgent:
             except OSError:
                 return
             self._conns.append(conn)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
+            request = read_request(conn)
+            if request is None:
+                continue
+            head, body, _ = request
             self.requests.append(head + b"\r\n\r\n" + body)
             answer = self._reply(body)
             if answer is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from inclavare.services import http_transport
 from inclavare.services.http_transport import HttpTransport, TransportError
-from tests.support.loopback import serve_in_background
+from tests.support.loopback import read_request, serve_in_background
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
@@ -31,17 +31,10 @@ class Server:
         buf = b""
         with conn:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")]
-                while length and len(buf) < length[0]:
-                    buf += conn.recv(65536)
-                buf = buf[length[0]:] if length else buf
+                request = read_request(conn, buf)
+                if request is None:
+                    return
+                buf = request[2]
                 self.requests += 1
                 if not self.behaviour(conn, self.requests):
                     return

@@ -38,3 +38,24 @@ def serve_in_background(handle: Callable[[socket.socket], None]) -> socket.socke
 
     threading.Thread(target=accept_loop, daemon=True).start()
     return listener
+
+
+def read_request(conn: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes] | None:
+    """One HTTP/1.1 request from ``conn`` as (head, body, what followed it), the body as long as
+    its Content-Length; None when the client closes before a whole head arrived. For the tests'
+    own stand-in servers (scripted agents, brokers), not for code under test."""
+    buf = buffered
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(buf) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return head, buf[:length], buf[length:]
